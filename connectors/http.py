@@ -1,0 +1,133 @@
+"""The http_request node: one request per input item, through a shared httpx client.
+
+Auth comes from the node's credential (`{"type": "basic", "username", "password"}`,
+`{"type": "bearer", "token"}` or `{"type": "header", "name", "value"}`); the engine redacts its
+values from the recorded output. Every request carries the step's idempotency key so that a
+request replayed after a crash can be recognised by the receiving side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import weakref
+from typing import Any
+
+import httpx
+
+from .core import HTTP_METHODS
+from .sdk import NodeContext, NodeError, NodeType, Param, Registry
+
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
+
+
+def client() -> httpx.AsyncClient:
+    """One pooled client per event loop (the worker and the web process each have one loop)."""
+    loop = asyncio.get_running_loop()
+    found = _clients.get(loop)
+    if found is None or found.is_closed:
+        found = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                                  headers={"User-Agent": "FlowFuse"})
+        _clients[loop] = found
+    return found
+
+
+def _auth(credential: dict | None, headers: dict[str, str]) -> httpx.Auth | None:
+    if not credential:
+        return None
+    kind = credential.get("type")
+    try:
+        if kind == "basic":
+            return httpx.BasicAuth(credential["username"], credential["password"])
+        if kind == "bearer":
+            headers["Authorization"] = f"Bearer {credential['token']}"
+            return None
+        if kind == "header":
+            headers[credential["name"]] = credential["value"]
+            return None
+    except KeyError as exc:
+        raise NodeError(f"credential of type {kind!r} lacks the field {exc.args[0]!r}") from None
+    raise NodeError(f"credential type {kind!r} cannot authenticate HTTP requests (use basic, bearer or header)")
+
+
+def _decode(response: httpx.Response, mode: str, content: bytes) -> Any:
+    if mode == "binary":
+        return {"data": base64.b64encode(content).decode(), "encoding": "base64",
+                "content_type": response.headers.get("content-type", "")}
+    text = content.decode(response.encoding or "utf-8", errors="replace")
+    if mode == "json":
+        if not content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise NodeError(f"response from {response.url} is not JSON (set response: text to take it as text): "
+                            f"{text[:120]!r}") from None
+    return text
+
+
+async def _request(ctx: NodeContext, item: dict, idempotency_key: str) -> dict:
+    p = ctx.params(item)
+    method = str(p["method"]).upper()
+    if method not in HTTP_METHODS:
+        raise NodeError(f"method must be one of {', '.join(HTTP_METHODS)}, got {method!r}")
+    headers = {str(k): str(v) for k, v in (p["headers"] or {}).items()}
+    headers.setdefault("Idempotency-Key", idempotency_key)
+    auth = _auth(ctx.credential, headers)
+    kwargs: dict[str, Any] = {}
+    body = p["body"]
+    if body is not None and method not in ("GET", "HEAD"):
+        if p["body_type"] == "json":
+            kwargs["json"] = body
+        elif p["body_type"] == "form":
+            if not isinstance(body, dict):
+                raise NodeError("a form body must be an object of fields")
+            kwargs["data"] = {str(k): str(v) for k, v in body.items()}
+        else:
+            kwargs["content"] = body if isinstance(body, str) else str(body)
+    try:
+        request = client().build_request(method, p["url"], params=p["query"] or None, headers=headers,
+                                         timeout=p["timeout_s"], **kwargs)
+        response = await client().send(request, auth=auth, follow_redirects=p["follow_redirects"], stream=True)
+        try:
+            content = b""
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_RESPONSE_BYTES:
+                    raise NodeError(f"response from {p['url']} is larger than {MAX_RESPONSE_BYTES} bytes")
+        finally:
+            await response.aclose()
+    except httpx.TimeoutException:
+        raise NodeError(f"{method} {p['url']} timed out after {p['timeout_s']} s") from None
+    except httpx.InvalidURL as exc:
+        raise NodeError(f"invalid url {p['url']!r}: {exc}") from None
+    except httpx.UnsupportedProtocol:
+        raise NodeError(f"url {p['url']!r} must start with http:// or https://") from None
+    except httpx.HTTPError as exc:
+        raise NodeError(f"{method} {p['url']} failed: {exc}") from None
+    if response.status_code >= 400 and not p["ignore_status"]:
+        raise NodeError(f"{method} {p['url']} answered HTTP {response.status_code}: "
+                        f"{content[:200].decode(errors='replace')!r}")
+    return {"status": response.status_code, "headers": dict(response.headers),
+            "body": _decode(response, p["response"], content)}
+
+
+async def _http_request(ctx: NodeContext, items: list[dict]) -> list[dict]:
+    key = ctx.idempotency_key
+    return [await _request(ctx, item, key if i == 0 else f"{key}#{i}") for i, item in enumerate(items)]
+
+
+def register(registry: Registry) -> None:
+    registry.add(NodeType("http_request", _http_request, params={
+        "method": Param("string", default="GET"),
+        "url": Param("string", required=True),
+        "query": Param("object"),
+        "headers": Param("object"),
+        "body": Param("any"),
+        "body_type": Param("string", default="json", choices=("json", "form", "raw")),
+        "timeout_s": Param("number", default=30),
+        "follow_redirects": Param("boolean", default=True),
+        "response": Param("string", default="json", choices=("json", "text", "binary")),
+        "ignore_status": Param("boolean", default=False, description="do not fail on HTTP 4xx/5xx"),
+    }, description="Sends an HTTP request for each item; outputs status, headers and body."))

@@ -1,0 +1,114 @@
+"""What a node type is: its params, its outputs, and the function that runs it.
+
+Connectors describe node types with `NodeType` and `Param` and register them in a `Registry`;
+the engine reads only the registry. A node's `run(ctx, items)` returns the items of its `main`
+output as a list, or a dict of output name -> items for nodes with several outputs. It may be a
+plain function or a coroutine function.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Param kinds and the JSON types a literal value of that kind may have.
+KINDS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "list": (list,),
+    "any": (object,),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One param of a node type."""
+
+    kind: str = "string"
+    required: bool = False
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    #: False for params that must be literal (a webhook's path, a cron expression).
+    expression: bool = True
+    description: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """What is wrong with a literal value, or None."""
+        if isinstance(value, str) and "{{" in value and self.expression:
+            return None  # checked when evaluated
+        types = KINDS[self.kind]
+        if self.kind in ("integer", "number") and isinstance(value, bool):
+            return f"must be a {self.kind}, got a boolean"
+        if not isinstance(value, types):
+            return f"must be {_article(self.kind)}, got {_json_type(value)}"
+        if self.choices and value not in self.choices:
+            return "must be one of " + ", ".join(repr(c) for c in self.choices)
+        return None
+
+
+def _article(kind: str) -> str:
+    return {"object": "an object", "integer": "an integer", "list": "a list", "any": "a value"}.get(
+        kind, f"a {kind}"
+    )
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+Outputs = tuple[str, ...] | Callable[[Mapping[str, Any]], Sequence[str]]
+
+
+@dataclass
+class NodeType:
+    """A kind of node: `type` is the name used in flow JSON."""
+
+    type: str
+    run: Callable[..., Any] | None
+    params: dict[str, Param] = field(default_factory=dict)
+    #: Output names, or a function of the node's literal params that returns them (switch).
+    outputs: Outputs = ("main",)
+    #: Trigger nodes start a flow; a flow has exactly one.
+    trigger: bool = False
+    #: Nodes that take several inputs receive them separately (`ctx.inputs`).
+    multi_input: bool = False
+    #: A check of the literal params beyond their kinds; returns error messages.
+    validate: Callable[[Mapping[str, Any]], list[str]] | None = None
+    description: str = ""
+    is_async: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = self.run is not None and inspect.iscoroutinefunction(self.run)
+
+    def output_names(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        if callable(self.outputs):
+            return tuple(self.outputs(params))
+        return self.outputs
+
+
+class Registry:
+    """Every node type the engine can run, by name."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, NodeType] = {}
+
+    def add(self, node_type: NodeType) -> NodeType:
+        if node_type.type in self._types:
+            raise ValueError(f"node type {node_type.type!r} is registered twice")
+        self._types[node_type.type] = node_type
+        return node_type
+
+    def get(self, name: str) -> NodeType | None:
+        return self._types.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._types
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
