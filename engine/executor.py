@@ -74,6 +74,8 @@ class Run:
     #: Items posted to the resume URL of a waiting node, by step key.
     resume_items: dict[str, list[dict]] = field(default_factory=dict)
     vars: Mapping[str, Any] = field(default_factory=dict)
+    #: What started it, e.g. {"request": {method, path, query, headers}} for a webhook.
+    meta: Mapping[str, Any] = field(default_factory=dict)
     #: Set by whoever cancels the run before cancelling its task.
     cancel_requested: bool = False
 
@@ -176,8 +178,8 @@ class _State:
         timeout = run.flow.timeout_s
         self.deadline = run.started_at + timeout if timeout else math.inf
         self.execution_info = {"id": run.ref.id, "started_at": run.started_at, "trigger": run.trigger,
-                               "flow": run.flow.name,
-                               "resume_url": services.resume_url(run.ref.id) if services else None}
+                               "flow": run.flow.name, "request": run.meta.get("request"),
+                               "resume_url": services.resume_url(run.ref) if services else None}
 
 
 class Executor:

@@ -73,7 +73,7 @@ class Services(Protocol):
     async def run_subflow(self, parent: "ExecutionRef", name: str, items: list[dict], key: str) -> list[dict]:
         """Run the named flow to its end with these trigger items; return its output items."""
 
-    def resume_url(self, execution_id: str) -> str | None:
+    def resume_url(self, ref: "ExecutionRef") -> str | None:
         """The URL that resumes an execution parked on `wait` with resume: webhook."""
 
 

@@ -1,0 +1,35 @@
+# FlowFuse: `make run` starts the server on http://127.0.0.1:8080, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ./data
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install install-test browsers clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(VENV)/bin/flowfuse serve --data-dir $(DATA)
+
+test: install-test
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
+
+bench: install-test
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The composition root: settings, storage, queue, vault, runtime, worker and the CLI."""

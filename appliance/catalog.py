@@ -1,0 +1,233 @@
+"""flowfuse.db: tenants, flows and their versions, tenant variables.
+
+Lookups on the hot path (a webhook's flow, a compiled flow version, a tenant's variables) are
+served from memory. The cache is dropped whenever `PRAGMA data_version` says another connection
+(another process, e.g. the CLI importing a flow) committed to flowfuse.db since the last look.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine import Flow, FlowInvalid, Registry, ValidationError, compile_flow
+
+from .db import Database
+
+DEFAULT_TENANT = "default"
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    id: str
+    tenant_id: str
+    name: str
+    version: int
+    active: bool
+    trigger_type: str
+    webhook_path: str | None
+    webhook_method: str | None
+    definition: str
+    updated_at: float
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        return json.loads(self.definition)
+
+
+def _flow_row(r: sqlite3.Row) -> FlowRow:
+    return FlowRow(r["id"], r["tenant_id"], r["name"], r["version"], bool(r["active"]), r["trigger_type"],
+                   r["webhook_path"], r["webhook_method"], r["definition"], r["updated_at"])
+
+
+class Catalog:
+    def __init__(self, db: Database, registry: Registry):
+        self.db = db
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._seen_version: int | None = None
+        self._routes: dict[tuple[str, str], FlowRow] | None = None
+        self._compiled: dict[tuple[str, int], Flow] = {}
+        self._tenants: dict[str, dict[str, Any]] = {}  # by slug and by id
+        self._vars: dict[str, dict[str, Any]] = {}
+
+    # -- cache -------------------------------------------------------------------------------------------
+    def _fresh(self) -> None:
+        version = self.db.read().execute("PRAGMA data_version").fetchone()[0]
+        if version != self._seen_version:
+            self.invalidate()
+            self._seen_version = version
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._routes = None
+            self._tenants = {}
+            self._vars = {}
+
+    # -- tenants -------------------------------------------------------------------------------------------
+    def ensure_tenant(self, slug: str = DEFAULT_TENANT, name: str | None = None) -> str:
+        def write(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT id FROM tenants WHERE slug=?", (slug,)).fetchone()
+            if row:
+                return row["id"]
+            tid = "t_" + secrets.token_hex(6)
+            conn.execute("INSERT INTO tenants (id, slug, name, created_at) VALUES (?,?,?,?)",
+                         (tid, slug, name or slug.capitalize(), time.time()))
+            return tid
+        tid = self.db.write(write)
+        self.invalidate()
+        return tid
+
+    def tenant(self, slug: str) -> dict[str, Any]:
+        self._fresh()
+        found = self._tenants.get(slug)
+        if found is None:
+            row = self.db.one("SELECT * FROM tenants WHERE slug=?", (slug,))
+            if row is None:
+                raise NotFound(f"no tenant {slug!r}; `flowfuse init` creates the tenant 'default'")
+            found = self._tenants[slug] = dict(row)
+        return found
+
+    def tenant_by_id(self, tenant_id: str) -> dict[str, Any]:
+        self._fresh()
+        found = self._tenants.get(tenant_id)
+        if found is None:
+            row = self.db.one("SELECT * FROM tenants WHERE id=?", (tenant_id,))
+            if row is None:
+                raise NotFound(f"no tenant with id {tenant_id!r}")
+            found = self._tenants[tenant_id] = dict(row)
+        return found
+
+    def variables(self, tenant_id: str) -> dict[str, Any]:
+        self._fresh()
+        found = self._vars.get(tenant_id)
+        if found is None:
+            found = {r["name"]: json.loads(r["value"]) for r in
+                     self.db.query("SELECT name, value FROM variables WHERE tenant_id=?", (tenant_id,))}
+            self._vars[tenant_id] = found
+        return found
+
+    def set_variable(self, tenant_id: str, name: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO variables VALUES (?,?,?)", (tenant_id, name, json.dumps(value)))
+        self.invalidate()
+
+    # -- flows -------------------------------------------------------------------------------------------------
+    def validate(self, doc: Any) -> Flow:
+        return compile_flow(doc, self.registry)
+
+    def save_flow(self, tenant_id: str, doc: Any, activate: bool | None = None) -> FlowRow:
+        """Validate and store a flow (a new version if it exists); raises FlowInvalid or Conflict."""
+        flow = self.validate(doc)
+        trigger = flow.trigger
+        path = method = None
+        if trigger.type == "webhook":
+            path, method = trigger.raw_params["path"], trigger.raw_params.get("method", "POST")
+        definition = json.dumps(doc, indent=2, ensure_ascii=False)
+
+        def write(conn: sqlite3.Connection) -> str:
+            now = time.time()
+            row = conn.execute("SELECT id, version, active FROM flows WHERE tenant_id=? AND name=?",
+                               (tenant_id, flow.name)).fetchone()
+            active = bool(row["active"]) if row and activate is None else bool(activate)
+            if active and path:
+                _check_route(conn, tenant_id, path, row["id"] if row else None)
+            if row is None:
+                fid, version = "f_" + secrets.token_hex(6), 1
+                conn.execute("INSERT INTO flows (id, tenant_id, name, version, definition, active, trigger_type, "
+                             "webhook_path, webhook_method, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             (fid, tenant_id, flow.name, version, definition, int(active), trigger.type, path,
+                              method, now, now))
+            else:
+                fid, version = row["id"], row["version"] + 1
+                conn.execute("UPDATE flows SET version=?, definition=?, active=?, trigger_type=?, webhook_path=?, "
+                             "webhook_method=?, updated_at=? WHERE id=?",
+                             (version, definition, int(active), trigger.type, path, method, now, fid))
+            conn.execute("INSERT INTO flow_versions VALUES (?,?,?,?,?)", (fid, tenant_id, version, definition, now))
+            return fid
+        fid = self.db.write(write)
+        self.invalidate()
+        return self.flow_by_id(fid)
+
+    def set_active(self, tenant_id: str, name: str, active: bool) -> FlowRow:
+        row = self.flow(tenant_id, name)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if active and row.webhook_path:
+                _check_route(conn, tenant_id, row.webhook_path, row.id)
+            conn.execute("UPDATE flows SET active=?, updated_at=? WHERE id=?", (int(active), time.time(), row.id))
+        self.db.write(write)
+        self.invalidate()
+        return self.flow_by_id(row.id)
+
+    def delete_flow(self, tenant_id: str, name: str) -> None:
+        row = self.flow(tenant_id, name)
+        self.db.execute("DELETE FROM flows WHERE id=?", (row.id,))
+        self.invalidate()
+
+    def flow(self, tenant_id: str, name: str) -> FlowRow:
+        row = self.db.one("SELECT * FROM flows WHERE tenant_id=? AND name=?", (tenant_id, name))
+        if row is None:
+            raise NotFound(f"no flow named {name!r}; `flowfuse flow list` shows the flows")
+        return _flow_row(row)
+
+    def flow_by_id(self, flow_id: str) -> FlowRow:
+        row = self.db.one("SELECT * FROM flows WHERE id=?", (flow_id,))
+        if row is None:
+            raise NotFound(f"no flow with id {flow_id!r}")
+        return _flow_row(row)
+
+    def flows(self, tenant_id: str) -> list[FlowRow]:
+        return [_flow_row(r) for r in self.db.query("SELECT * FROM flows WHERE tenant_id=? ORDER BY name",
+                                                    (tenant_id,))]
+
+    def active_schedules(self) -> list[FlowRow]:
+        return [_flow_row(r) for r in self.db.query(
+            "SELECT f.* FROM flows f JOIN tenants t ON t.id = f.tenant_id "
+            "WHERE f.active=1 AND f.trigger_type='schedule' AND t.status='active'")]
+
+    def compiled(self, flow_id: str, version: int) -> Flow:
+        """The compiled flow of one saved version (versions never change, so this is cached for good)."""
+        key = (flow_id, version)
+        found = self._compiled.get(key)
+        if found is None:
+            row = self.db.one("SELECT definition FROM flow_versions WHERE flow_id=? AND version=?", key)
+            if row is None:
+                raise NotFound(f"flow {flow_id} has no version {version}")
+            found = self._compiled[key] = compile_flow(json.loads(row["definition"]), self.registry)
+        return found
+
+    def route(self, tenant_slug: str, path: str) -> FlowRow | None:
+        """The active flow whose webhook trigger listens on this tenant and path, from memory."""
+        self._fresh()
+        routes = self._routes
+        if routes is None:
+            with self._lock:
+                routes = {(r["slug"], r["webhook_path"]): _flow_row(r) for r in self.db.query(
+                    "SELECT f.*, t.slug FROM flows f JOIN tenants t ON t.id = f.tenant_id "
+                    "WHERE f.active=1 AND f.webhook_path IS NOT NULL AND t.status='active'")}
+                self._routes = routes
+        return routes.get((tenant_slug, path))
+
+
+def _check_route(conn: sqlite3.Connection, tenant_id: str, path: str, flow_id: str | None) -> None:
+    other = conn.execute("SELECT name FROM flows WHERE tenant_id=? AND webhook_path=? AND active=1 AND id IS NOT ?",
+                         (tenant_id, path, flow_id)).fetchone()
+    if other:
+        raise Conflict(f"the active flow {other['name']!r} already listens on webhook path {path!r}; "
+                       "deactivate it or change the path")
+
+
+__all__ = ["Catalog", "Conflict", "DEFAULT_TENANT", "FlowInvalid", "FlowRow", "NotFound", "ValidationError"]

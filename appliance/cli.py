@@ -1,0 +1,264 @@
+"""The `flowfuse` command: a thin shell over `appliance.commands` and the process entry points."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from engine import FlowInvalid
+
+from . import commands
+from .catalog import Conflict, NotFound
+from .runtime import NotInitialised, init_data_dir
+from .settings import SettingsError, load
+from .vault import CredentialError
+
+EXPECTED = (commands.CommandError, SettingsError, NotFound, Conflict, NotInitialised, CredentialError)
+
+
+def _settings(ctx: click.Context, **overrides: Any):
+    try:
+        return load(ctx.obj["config"], overrides={k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+class Group(click.Group):
+    """Turns the errors a person can act on into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowInvalid as exc:
+            for error in exc.errors:
+                click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+        except EXPECTED as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from None
+
+
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), help="data directory (default from settings)")
+tenant_option = click.option("--tenant", help="tenant slug (default: default)")
+
+
+@click.group(cls=Group)
+@click.option("--config", type=click.Path(dir_okay=False), help="settings file (default: $FLOWFUSE_CONFIG or ./flowfuse.toml)")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """FlowFuse: workflow automation on one machine."""
+    ctx.ensure_object(dict)["config"] = config
+
+
+@main.command()
+@data_dir_option
+@click.pass_context
+def init(ctx: click.Context, data_dir: str | None) -> None:
+    """Create the data directory, its databases, the master key and the tenant 'default'."""
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    _emit(init_data_dir(settings))
+
+
+def _server_options(fn):
+    fn = click.option("--port", type=int, help="TCP port (default 8080)")(fn)
+    fn = click.option("--host", help="listen address (default 127.0.0.1)")(fn)
+    return data_dir_option(fn)
+
+
+@main.command()
+@_server_options
+@click.pass_context
+def serve(ctx: click.Context, data_dir: str | None, host: str | None, port: int | None) -> None:
+    """Run the web server and the worker, and restart either if it dies; SIGTERM stops both."""
+    from .serve import supervise
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir, "server.host": host, "server.port": port})
+    _logging(settings)
+    sys.exit(supervise(settings, ctx.obj["config"]))
+
+
+@main.command()
+@_server_options
+@click.option("--expect-worker", is_flag=True, hidden=True, help="/readyz also checks the worker (set by serve)")
+@click.pass_context
+def web(ctx: click.Context, data_dir: str | None, host: str | None, port: int | None, expect_worker: bool) -> None:
+    """Run the web server only (console, API, webhooks)."""
+    from web.server import run_web
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir, "server.host": host, "server.port": port})
+    _logging(settings)
+    run_web(settings, expect_worker=expect_worker)
+
+
+@main.command()
+@data_dir_option
+@click.pass_context
+def worker(ctx: click.Context, data_dir: str | None) -> None:
+    """Run the worker only (queued executions, retries, waits, cron triggers)."""
+    from .worker import run_worker
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    _logging(settings)
+    run_worker(settings)
+
+
+@main.command("run")
+@click.argument("flow_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_json", help="trigger items: a JSON object or a list of objects")
+def run_cmd(flow_file: str, input_json: str | None) -> None:
+    """Run FLOW_FILE in this process without a server; print the result as JSON."""
+    try:
+        status, result = commands.run_flow(commands.read_flow_file(flow_file), commands.parse_input(input_json))
+    except commands.CommandError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    _emit(result)
+    sys.exit(status)
+
+
+@main.group()
+def flow() -> None:
+    """Import, export, list, activate and deactivate flows."""
+
+
+@flow.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@tenant_option
+@click.option("--activate", is_flag=True, help="activate the flow (webhooks and schedules start)")
+@data_dir_option
+@click.pass_context
+def flow_import(ctx, file: str, tenant: str | None, activate: bool, data_dir: str | None) -> None:
+    """Validate and save FILE as a new version of its flow."""
+    _emit(commands.import_flow(_settings(ctx, **{"storage.data_dir": data_dir}), file, tenant, activate))
+
+
+@flow.command("export")
+@click.argument("name")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def flow_export(ctx, name: str, tenant: str | None, data_dir: str | None) -> None:
+    """Print the flow's current JSON."""
+    _emit(commands.export_flow(_settings(ctx, **{"storage.data_dir": data_dir}), name, tenant))
+
+
+@flow.command("list")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def flow_list(ctx, tenant: str | None, data_dir: str | None) -> None:
+    """List the flows of a tenant."""
+    _emit(commands.list_flows(_settings(ctx, **{"storage.data_dir": data_dir}), tenant))
+
+
+def _activation(active: bool):
+    @click.argument("name")
+    @tenant_option
+    @data_dir_option
+    @click.pass_context
+    def command(ctx, name: str, tenant: str | None, data_dir: str | None) -> None:
+        _emit(commands.set_active(_settings(ctx, **{"storage.data_dir": data_dir}), name, tenant, active))
+    return command
+
+
+flow.command("activate", help="Start the flow's webhook or schedule.")(_activation(True))
+flow.command("deactivate", help="Stop the flow's webhook or schedule.")(_activation(False))
+
+
+@main.group()
+def executions() -> None:
+    """List, show and cancel executions."""
+
+
+@executions.command("list")
+@click.option("--flow", "flow_name", help="only this flow")
+@click.option("--status", type=click.Choice(["queued", "running", "waiting", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--before", help="page: executions older than this id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def executions_list(ctx, flow_name, status, limit, before, as_json, tenant, data_dir) -> None:
+    """Recent executions, newest first."""
+    rows = commands.list_executions(_settings(ctx, **{"storage.data_dir": data_dir}), tenant, flow_name, status,
+                                    limit, before)
+    if as_json:
+        _emit(rows)
+        return
+    for r in rows:
+        error = f"  {r['error']['message']}" if r["error"] else ""
+        click.echo(f"{r['id']}  {r['status']:<9}  {r['trigger']:<8}  {r['flow']}{error}")
+
+
+@executions.command("show")
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def executions_show(ctx, execution_id, as_json, tenant, data_dir) -> None:
+    """One execution with its steps."""
+    found = commands.show_execution(_settings(ctx, **{"storage.data_dir": data_dir}), execution_id, tenant)
+    if as_json:
+        _emit(found)
+        return
+    click.echo(f"{found['id']}  {found['flow']}  {found['status']}  ({found['trigger']})")
+    if found["error"]:
+        click.echo(f"error at {found['error'].get('node')}: {found['error'].get('message')}")
+    for s in found["steps"]:
+        error = f"  {s['error']}" if s.get("error") else ""
+        click.echo(f"  {s['key']:<24} {s['status']:<9} attempt {s['attempt']}  "
+                   f"{s['input_count']} in, {len(s['items'])} out{error}")
+
+
+@executions.command("cancel")
+@click.argument("execution_id")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def executions_cancel(ctx, execution_id, tenant, data_dir) -> None:
+    """Cancel a queued, waiting or running execution."""
+    before = commands.cancel_execution(_settings(ctx, **{"storage.data_dir": data_dir}), execution_id, tenant)
+    click.echo(f"cancelled (was {before})")
+
+
+@main.group()
+def credentials() -> None:
+    """Store credentials (encrypted) that nodes use by name."""
+
+
+@credentials.command("set")
+@click.argument("name")
+@click.option("--type", "type_", required=True, type=click.Choice(["basic", "bearer", "header", "generic"]))
+@click.option("--data", "data_json", help="fields as JSON; read from standard input when omitted")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def credentials_set(ctx, name, type_, data_json, tenant, data_dir) -> None:
+    """Create or replace a credential, e.g. --type bearer --data '{"token": "..."}'."""
+    text = data_json if data_json is not None else sys.stdin.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise click.ClickException("credential data must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise click.ClickException("credential data must be a JSON object")
+    commands.set_credential(_settings(ctx, **{"storage.data_dir": data_dir}), name, type_, data, tenant)
+    click.echo(f"credential {name!r} saved")
+
+
+def _logging(settings) -> None:
+    logging.basicConfig(level=settings.logging.level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,135 @@
+"""What each `flowfuse` sub-command does, as functions the CLI wraps and the tests call directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from connectors import default_registry
+from engine import SUCCEEDED, ExecutionRef, Executor, FlowInvalid, Limits, MemoryStore, Run, compile_flow
+from .runs import step_view
+
+from .runtime import Runtime
+from .settings import Settings
+
+
+class CommandError(Exception):
+    """A command that cannot be done; the message says why and what to do."""
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(settings, role="cli")
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def read_flow_file(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CommandError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def parse_input(text: str | None) -> list[dict]:
+    """`--input` JSON: an object (one item) or a list of objects."""
+    if text is None:
+        return [{}]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--input is not valid JSON: {exc.msg}") from None
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list) and all(isinstance(i, dict) for i in value):
+        return value
+    raise CommandError("--input must be a JSON object or a list of objects")
+
+
+def run_flow(doc: Any, items: list[dict]) -> tuple[int, dict[str, Any]]:
+    """Run a flow document in this process, with nothing stored. Returns (exit status, result).
+
+    Exit status: 0 succeeded, 1 failed, 2 the flow is invalid. Waits are slept; nodes that need
+    the server (credentials, sub-flows, resume URLs) fail with a message saying so.
+    """
+    try:
+        flow = compile_flow(doc, default_registry())
+    except FlowInvalid as exc:
+        return 2, {"status": "invalid", "errors": [e.as_dict() for e in exc.errors]}
+    executor = Executor(MemoryStore(), None, Limits(inline_wait_max_s=math.inf))
+    run = Run(ExecutionRef("local", "local"), flow, items, time.time(), trigger="manual")
+    outcome = asyncio.run(executor.run(run))
+    result: dict[str, Any] = {"status": outcome.status, "steps": [step_view(s) for s in outcome.steps],
+                              "output": outcome.output}
+    if outcome.error:
+        result["error"] = outcome.error
+    return (0 if outcome.status == SUCCEEDED else 1), result
+
+
+def import_flow(settings: Settings, path: str | Path, tenant: str | None, activate: bool) -> dict[str, Any]:
+    doc = read_flow_file(path)
+    with opened(settings) as rt:
+        row = rt.catalog.save_flow(rt.tenant_id(tenant), doc, activate=True if activate else None)
+        return flow_summary(row)
+
+
+def export_flow(settings: Settings, name: str, tenant: str | None) -> dict[str, Any]:
+    with opened(settings) as rt:
+        return rt.catalog.flow(rt.tenant_id(tenant), name).doc
+
+
+def list_flows(settings: Settings, tenant: str | None) -> list[dict[str, Any]]:
+    with opened(settings) as rt:
+        return [flow_summary(r) for r in rt.catalog.flows(rt.tenant_id(tenant))]
+
+
+def set_active(settings: Settings, name: str, tenant: str | None, active: bool) -> dict[str, Any]:
+    with opened(settings) as rt:
+        return flow_summary(rt.catalog.set_active(rt.tenant_id(tenant), name, active))
+
+
+def flow_summary(row) -> dict[str, Any]:
+    summary = {"name": row.name, "version": row.version, "active": row.active, "trigger": row.trigger_type}
+    if row.webhook_path:
+        summary["webhook"] = f"{row.webhook_method} /hooks/{{tenant}}/{row.webhook_path}"
+    return summary
+
+
+def list_executions(settings: Settings, tenant: str | None, flow: str | None, status: str | None,
+                    limit: int, before: str | None = None) -> list[dict[str, Any]]:
+    with opened(settings) as rt:
+        tid = rt.tenant_id(tenant)
+        flow_id = rt.catalog.flow(tid, flow).id if flow else None
+        return rt.runs.list(tid, flow_id=flow_id, status=status, limit=limit, before=before)
+
+
+def show_execution(settings: Settings, execution_id: str, tenant: str | None) -> dict[str, Any]:
+    with opened(settings) as rt:
+        found = rt.runs.show(execution_id, rt.tenant_id(tenant))
+        if found is None:
+            raise CommandError(f"no execution {execution_id!r}; `flowfuse executions list` shows recent ones")
+        return found
+
+
+def cancel_execution(settings: Settings, execution_id: str, tenant: str | None) -> str:
+    with opened(settings) as rt:
+        if rt.runs.show(execution_id, rt.tenant_id(tenant)) is None:
+            raise CommandError(f"no execution {execution_id!r}")
+        before = rt.cancel(execution_id)
+        if before in ("succeeded", "failed", "cancelled"):
+            raise CommandError(f"execution {execution_id} has already {before}")
+        return before or ""
+
+
+def set_credential(settings: Settings, name: str, type_: str, data: dict[str, Any], tenant: str | None) -> None:
+    with opened(settings) as rt:
+        rt.vault.put(rt.tenant_id(tenant), name, type_, data)

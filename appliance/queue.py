@@ -1,0 +1,76 @@
+"""The Huey queue on queue.db: one task, `run_execution`, that the worker consumes.
+
+Everything that runs outside a synchronous webhook goes through it: asynchronous webhooks,
+cron firings, retries and waits parked for later (scheduled with an `eta`), resumes. The task
+only carries an execution id; the execution itself is already durable in runs.db, and running
+it is idempotent (see `Runtime.run_execution`), so a duplicate or replayed message is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huey import Huey
+from huey.storage import SqliteStorage
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .settings import Settings
+
+
+class QueueStorage(SqliteStorage):
+    """SqliteStorage with our synchronous setting (Huey's fsync flag knows only FULL and OFF)."""
+
+    def __init__(self, *args, synchronous: str = "NORMAL", **kwargs):
+        self._synchronous = synchronous
+        super().__init__(*args, **kwargs)
+
+    def _create_connection(self):
+        conn = super()._create_connection()
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        return conn
+
+
+class EventLoopThread:
+    """One asyncio loop on a background thread; Huey's worker threads hand coroutines to it."""
+
+    def __init__(self) -> None:
+        self.loop = _new_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is installed with uvicorn[standard]
+        return asyncio.new_event_loop()
+
+
+def make_queue(runtime: "Runtime", path: Path, settings: "Settings"):
+    huey = Huey("flowfuse", storage_class=QueueStorage, filename=str(path), results=False, utc=True,
+                synchronous=settings.storage.synchronous.upper(), timeout=settings.storage.busy_timeout_ms / 1000)
+
+    @huey.task(name="run_execution")
+    def run_execution(execution_id: str) -> None:
+        if runtime.loop_thread is None:
+            raise RuntimeError("the worker's event loop is not running")
+        runtime.loop_thread.run(runtime.run_execution(execution_id))
+
+    return huey, run_execution

@@ -1,0 +1,245 @@
+"""runs.db: executions and their steps. Implements the engine's ExecutionStore port.
+
+Ids are time-ordered (12 hex digits of milliseconds, then random) so lists page by keyset:
+`WHERE id < ? ORDER BY id DESC LIMIT ?`, served by the (tenant_id, ...) indexes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from engine import FINAL, QUEUED, RUNNING, WAITING, ExecutionRef, Finish, StepRecord
+
+from .db import Database
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+STEP_SQL = ("INSERT INTO steps (execution_id, tenant_id, key, node, attempt, status, input_count, output, error, "
+            "resume_at, truncated, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+EXEC_SQL = ("INSERT INTO executions (id, tenant_id, flow_id, flow_name, flow_version, status, trigger, input, meta, "
+            "parent_id, dedup_key, resume_token, owner, created_at, updated_at) VALUES "
+            "(:id, :tenant_id, :flow_id, :flow_name, :flow_version, :status, :trigger, :input, :meta, :parent_id, "
+            ":dedup_key, :resume_token, :owner, :created_at, :created_at)")
+
+
+def new_id() -> str:
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(5)}"
+
+
+def execution_row(*, tenant_id: str, flow_id: str | None, flow_name: str, flow_version: int | None, trigger: str,
+                  items: list[dict], status: str = QUEUED, meta: dict | None = None, parent_id: str | None = None,
+                  dedup_key: str | None = None, owner: str | None = None, id: str | None = None) -> dict[str, Any]:
+    return {"id": id or new_id(), "tenant_id": tenant_id, "flow_id": flow_id, "flow_name": flow_name,
+            "flow_version": flow_version, "status": status, "trigger": trigger, "input": _encode(items),
+            "meta": json.dumps(meta) if meta else None, "parent_id": parent_id, "dedup_key": dedup_key,
+            "resume_token": secrets.token_urlsafe(18), "owner": owner, "created_at": time.time()}
+
+
+def _step_params(ref: ExecutionRef, s: StepRecord) -> tuple:
+    return (ref.id, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count, s.outputs_json, s.error,
+            s.resume_at, int(s.truncated), s.started_at, s.ended_at)
+
+
+@dataclass
+class Loaded:
+    row: sqlite3.Row
+    steps: list[StepRecord]
+    resume_items: dict[str, list[dict]]
+
+    @property
+    def items(self) -> list[dict]:
+        return _decode(self.row["input"])
+
+
+class RunStore:
+    """Writes and reads of runs.db. `commit` is the engine's ExecutionStore port."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- the engine port -------------------------------------------------------------------------
+    async def commit(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
+        await self.db.awrite(self._commit_fn(ref, steps, finish))
+        ref.persisted = True
+
+    def commit_sync(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
+        self.db.write(self._commit_fn(ref, steps, finish))
+        ref.persisted = True
+
+    @staticmethod
+    def _commit_fn(ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None):
+        row = None if ref.persisted else ref.row
+
+        def write(conn: sqlite3.Connection) -> None:
+            if row is not None:
+                conn.execute(EXEC_SQL, row)
+            if steps:
+                conn.executemany(STEP_SQL, [_step_params(ref, s) for s in steps])
+            if finish is not None:
+                now = time.time()
+                conn.execute(
+                    "UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, updated_at=? "
+                    "WHERE id=? AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+                    (finish.status, finish.output_json, json.dumps(finish.error) if finish.error else None,
+                     finish.resume_at, now if finish.status in FINAL else None, now, ref.id))
+        return write
+
+    # -- creating and claiming ---------------------------------------------------------------------
+    def insert(self, row: dict[str, Any]) -> bool:
+        """Insert a new execution; False when its dedup_key was already used (nothing written)."""
+        def write(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute(EXEC_SQL, row)
+                return True
+            except sqlite3.IntegrityError:
+                if row.get("dedup_key") and conn.execute("SELECT 1 FROM executions WHERE dedup_key=?",
+                                                         (row["dedup_key"],)).fetchone():
+                    return False
+                raise
+        return self.db.write(write)
+
+    async def ainsert(self, row: dict[str, Any]) -> None:
+        await self.db.awrite(lambda conn: conn.execute(EXEC_SQL, row))
+
+    async def claim(self, execution_id: str, owner: str, status: str, previous_owner: str | None) -> bool:
+        """Take an execution to run here if it is still as it was read (status and owner); else False."""
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE executions SET status='running', owner=?, resume_at=NULL, updated_at=? "
+                               "WHERE id=? AND status=? AND owner IS ?",
+                               (owner, time.time(), execution_id, status, previous_owner))
+            return cur.rowcount == 1
+        return await self.db.awrite(write)
+
+    def load(self, execution_id: str) -> Loaded | None:
+        row = self.db.one("SELECT * FROM executions WHERE id=?", (execution_id,))
+        if row is None:
+            return None
+        steps = [StepRecord(key=r["key"], node=r["node"], attempt=r["attempt"], status=r["status"],
+                            input_count=r["input_count"], started_at=r["started_at"], ended_at=r["ended_at"],
+                            outputs_json=r["output"], error=r["error"], resume_at=r["resume_at"],
+                            truncated=bool(r["truncated"]))
+                 for r in self.db.query("SELECT * FROM steps WHERE execution_id=? ORDER BY id", (execution_id,))]
+        resume = {r["key"]: _decode(r["items"]) for r in
+                  self.db.query("SELECT key, items FROM resume_payloads WHERE execution_id=?", (execution_id,))}
+        return Loaded(row, steps, resume)
+
+    def add_resume_payload(self, execution_id: str, tenant_id: str, key: str, items: list[dict]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO resume_payloads VALUES (?,?,?,?,?)",
+                        (execution_id, tenant_id, key, _encode(items), time.time()))
+
+    def request_cancel(self, execution_id: str) -> str | None:
+        """Cancel at once if not running; returns the status before. Running ones are cancelled by their owner."""
+        def write(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT status FROM executions WHERE id=?", (execution_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in (QUEUED, WAITING):
+                conn.execute("UPDATE executions SET status='cancelled', error=?, finished_at=?, updated_at=? "
+                             "WHERE id=?", (json.dumps({"node": None, "message": "cancelled"}), time.time(),
+                                            time.time(), execution_id))
+            elif row["status"] == RUNNING:
+                conn.execute("UPDATE executions SET meta=json_set(coalesce(meta, '{}'), '$.cancel', 1) WHERE id=?",
+                             (execution_id,))
+            return row["status"]
+        return self.db.write(write)
+
+    def cancel_requested(self, owner: str) -> list[str]:
+        return [r["id"] for r in self.db.query(
+            "SELECT id FROM executions WHERE status='running' AND owner=? AND json_extract(meta, '$.cancel') = 1",
+            (owner,))]
+
+    # -- processes ------------------------------------------------------------------------------------
+    def heartbeat(self, process_id: str, kind: str) -> None:
+        now = time.time()
+        self.db.execute("INSERT INTO processes (id, kind, pid, started_at, heartbeat_at) VALUES (?,?,?,?,?) "
+                        "ON CONFLICT (id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
+                        (process_id, kind, os.getpid(), now, now))
+
+    def worker_alive(self, stale_after_s: float) -> bool:
+        row = self.db.one("SELECT max(heartbeat_at) AS beat FROM processes WHERE kind='worker'")
+        return bool(row and row["beat"] and time.time() - row["beat"] < stale_after_s)
+
+    def orphans(self, me: str, stale_after_s: float) -> list[str]:
+        """Running executions whose owner process is gone (pid dead or heartbeat stale)."""
+        rows = self.db.query("SELECT e.id, e.owner, p.pid, p.heartbeat_at FROM executions e LEFT JOIN processes p "
+                             "ON p.id = e.owner WHERE e.status='running' AND (e.owner IS NULL OR e.owner != ?)", (me,))
+        now, found = time.time(), []
+        for r in rows:
+            if r["pid"] is None or now - r["heartbeat_at"] > stale_after_s or not _pid_alive(r["pid"]):
+                found.append(r["id"])
+        return found
+
+    def due_waiting(self, now: float) -> list[str]:
+        return [r["id"] for r in self.db.query(
+            "SELECT id FROM executions WHERE status='waiting' AND resume_at IS NOT NULL AND resume_at <= ?", (now,))]
+
+    def queued(self) -> list[str]:
+        return [r["id"] for r in self.db.query("SELECT id FROM executions WHERE status='queued' ORDER BY id")]
+
+    # -- reading for people -----------------------------------------------------------------------------
+    def list(self, tenant_id: str, flow_id: str | None = None, status: str | None = None, limit: int = 50,
+             before: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT id, flow_name, status, trigger, created_at, finished_at, error, parent_id FROM executions "
+               "WHERE tenant_id=?")
+        params: list[Any] = [tenant_id]
+        if flow_id:
+            sql += " AND flow_id=?"
+            params.append(flow_id)
+        if status:
+            sql += " AND status=?"
+            params.append(status)
+        if before:
+            sql += " AND id < ?"
+            params.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        return [_summary(r) for r in self.db.query(sql, params)]
+
+    def show(self, execution_id: str, tenant_id: str | None = None) -> dict[str, Any] | None:
+        loaded = self.load(execution_id)
+        if loaded is None or (tenant_id and loaded.row["tenant_id"] != tenant_id):
+            return None
+        r = loaded.row
+        out = _summary(r)
+        out.update(input=loaded.items, output=_decode(r["output"]) if r["output"] else None,
+                   steps=[step_view(s) for s in loaded.steps], flow_version=r["flow_version"])
+        return out
+
+
+def step_view(s: StepRecord) -> dict[str, Any]:
+    outputs = _decode(s.outputs_json) if s.outputs_json else {}
+    view: dict[str, Any] = {"node": s.node, "key": s.key, "status": s.status, "attempt": s.attempt,
+                            "input_count": s.input_count,
+                            "items": [i for items in outputs.values() if isinstance(items, list) for i in items],
+                            "outputs": {k: len(v) for k, v in outputs.items() if isinstance(v, list)},
+                            "started_at": s.started_at, "ended_at": s.ended_at}
+    if s.truncated:
+        view["truncated"] = outputs.get("_truncated")
+    if s.error:
+        view["error"] = s.error
+    return view
+
+
+def _summary(r: sqlite3.Row) -> dict[str, Any]:
+    return {"id": r["id"], "flow": r["flow_name"], "status": r["status"], "trigger": r["trigger"],
+            "created_at": r["created_at"], "finished_at": r["finished_at"],
+            "error": json.loads(r["error"]) if r["error"] else None, "parent_id": r["parent_id"]}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

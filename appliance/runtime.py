@@ -1,0 +1,240 @@
+"""The composition root: opens the data directory and wires storage, queue, vault and engine.
+
+`Runtime` is what the CLI, the web app and the worker share. It starts executions (inline for
+synchronous webhooks, queued for everything else), runs or resumes them, and implements the
+engine's `Services` port (credentials, sub-flows, resume URLs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from connectors import default_registry
+from engine import (
+    FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Limits, NodeError, Outcome, Run,
+)
+
+from . import schema
+from .catalog import Catalog, FlowRow, NotFound
+from .db import Database, migrate, pending_migrations
+from .queue import make_queue
+from .runs import RunStore, execution_row
+from .settings import Settings
+from .vault import Vault
+
+log = logging.getLogger("flowfuse")
+_decode = msgspec.json.decode
+
+
+class NotInitialised(RuntimeError):
+    pass
+
+
+@dataclass
+class Started:
+    """An execution that was queued: its id, or None when its dedup key had fired before."""
+
+    id: str | None
+
+
+def init_data_dir(settings: Settings) -> dict[str, Any]:
+    """Create the data directory, apply migrations, create the master key and the tenant 'default'."""
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    applied = {"flowfuse.db": migrate(data / "flowfuse.db", schema.control),
+               "runs.db": migrate(data / "runs.db", schema.runs)}
+    runtime = Runtime(settings, role="cli")
+    try:
+        runtime.vault.aead  # creates flowfuse.key (0600) unless it exists or comes from the environment
+        tenant = runtime.catalog.ensure_tenant()
+    finally:
+        runtime.close()
+    return {"data_dir": str(data.resolve()), "migrations": applied, "tenant": tenant}
+
+
+class Runtime:
+    def __init__(self, settings: Settings, role: str = "cli"):
+        self.settings = settings
+        data = settings.data_dir
+        if not (data / "flowfuse.db").exists():
+            raise NotInitialised(f"no data directory at {data}; run `flowfuse init --data-dir {data}` first")
+        opts = dict(synchronous=settings.storage.synchronous.upper(), busy_timeout_ms=settings.storage.busy_timeout_ms,
+                    max_batch=settings.storage.group_commit_max)
+        self.control = Database(data / "flowfuse.db", **opts)
+        self.runs_db = Database(data / "runs.db", **opts)
+        self.registry = default_registry()
+        self.catalog = Catalog(self.control, self.registry)
+        self.runs = RunStore(self.runs_db)
+        self.vault = Vault(self.control, data / "flowfuse.key")
+        self.process_id = f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.role = role
+        self.executor = Executor(self.runs, self, Limits(settings.engine.inline_wait_max_s,
+                                                         settings.engine.max_step_output_bytes))
+        self.huey, self._task = make_queue(self, data / "queue.db", settings)
+        #: Executions running in this process: id -> (task, run) so they can be cancelled.
+        self.active: dict[str, tuple[asyncio.Task, Run]] = {}
+        #: The worker's engine loop (Huey threads hand it coroutines); None outside the worker.
+        self.loop_thread = None
+
+    def migrations_pending(self) -> list[str]:
+        return (pending_migrations(self.control.path, schema.control) +
+                pending_migrations(self.runs_db.path, schema.runs))
+
+    def close(self) -> None:
+        self.control.close()
+        self.runs_db.close()
+
+    # -- starting executions ----------------------------------------------------------------------------
+    def tenant_id(self, slug: str | None) -> str:
+        return self.catalog.tenant(slug or "default")["id"]
+
+    def enqueue(self, execution_id: str, eta: float | None = None) -> None:
+        if eta is None:
+            self._task(execution_id)
+        else:
+            self._task.schedule(args=(execution_id,), eta=dt.datetime.fromtimestamp(eta, dt.timezone.utc))
+
+    def queue_execution(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
+                        dedup_key: str | None = None, parent_id: str | None = None) -> Started:
+        """Durably record a queued execution, then hand it to the worker through Huey."""
+        row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
+                            trigger=trigger, items=items, meta=meta, dedup_key=dedup_key, parent_id=parent_id)
+        if not self.runs.insert(row):
+            return Started(None)
+        self.enqueue(row["id"])
+        return Started(row["id"])
+
+    async def aqueue_execution(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None) -> str:
+        row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
+                            trigger=trigger, items=items, meta=meta)
+        await self.runs.ainsert(row)
+        await asyncio.to_thread(self.enqueue, row["id"])
+        return row["id"]
+
+    async def run_inline(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
+                         parent_id: str | None = None, dedup_key: str | None = None) -> tuple[str, Outcome]:
+        """Run a new execution in this process (synchronous webhooks, `flowfuse run`, sub-flows)."""
+        compiled = self.catalog.compiled(flow.id, flow.version)
+        row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
+                            trigger=trigger, items=items, status=RUNNING, meta=meta, parent_id=parent_id,
+                            dedup_key=dedup_key, owner=self.process_id)
+        ref = ExecutionRef(row["id"], flow.tenant_id, flow.id, persisted=False, row=row)
+        run = Run(ref, compiled, items, row["created_at"], trigger=trigger, vars=self.catalog.variables(flow.tenant_id),
+                  meta=meta or {})
+        outcome = await self._execute(run)
+        await self._after(run, outcome)
+        return row["id"], outcome
+
+    # -- running queued executions (the worker) -----------------------------------------------------------
+    async def run_execution(self, execution_id: str) -> Outcome | None:
+        """Run or resume a recorded execution unless it is finished or running elsewhere."""
+        if execution_id in self.active:
+            return None
+        loaded = self.runs.load(execution_id)
+        if loaded is None or loaded.row["status"] in FINAL:
+            return None
+        row = loaded.row
+        if row["status"] == RUNNING and row["owner"] != self.process_id and \
+                row["id"] not in self.runs.orphans(self.process_id, self.settings.worker.stale_after_s):
+            return None  # another live process is running it
+        if row["status"] == WAITING and not loaded.resume_items and row["resume_at"] is None:
+            return None  # waits for its resume URL
+        if row["status"] == WAITING and row["resume_at"] and row["resume_at"] > time.time() + 0.01 \
+                and not loaded.resume_items:
+            return None  # resumed too early (e.g. a duplicate message); its scheduled resume will come
+        if not await self.runs.claim(execution_id, self.process_id, row["status"], row["owner"]):
+            return None
+        flow = self.catalog.compiled(row["flow_id"], row["flow_version"])
+        ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row))
+        meta = json.loads(row["meta"]) if row["meta"] else {}
+        run = Run(ref, flow, loaded.items, row["created_at"], trigger=row["trigger"], steps=loaded.steps,
+                  resume_items=loaded.resume_items, vars=self.catalog.variables(row["tenant_id"]), meta=meta)
+        outcome = await self._execute(run)
+        await self._after(run, outcome)
+        return outcome
+
+    async def _execute(self, run: Run) -> Outcome:
+        task = asyncio.current_task()
+        self.active[run.ref.id] = (task, run)
+        try:
+            return await self.executor.run(run)
+        finally:
+            self.active.pop(run.ref.id, None)
+
+    async def _after(self, run: Run, outcome: Outcome) -> None:
+        if outcome.status == WAITING and outcome.resume_at is not None:
+            await asyncio.to_thread(self.enqueue, run.ref.id, outcome.resume_at)
+        elif outcome.status == FAILED and run.flow.error_flow and run.trigger != "error":
+            await asyncio.to_thread(self._start_error_flow, run, outcome)
+
+    def _start_error_flow(self, run: Run, outcome: Outcome) -> None:
+        try:
+            target = self.catalog.flow(run.ref.tenant_id, run.flow.error_flow)
+        except NotFound:
+            log.warning("flow %r names the error flow %r, which does not exist", run.flow.name, run.flow.error_flow)
+            return
+        item = {"execution": {"id": run.ref.id, "flow": run.flow.name, "trigger": run.trigger,
+                              "started_at": run.started_at, "error": outcome.error,
+                              "url": f"{self.settings.base_url}/api/v1/executions/{run.ref.id}"}}
+        self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
+
+    def cancel(self, execution_id: str) -> str | None:
+        """Cancel an execution: at once if queued or waiting, else by its owner within a moment."""
+        before = self.runs.request_cancel(execution_id)
+        if before == RUNNING:
+            self.cancel_local(execution_id)
+        return before
+
+    def cancel_local(self, execution_id: str) -> bool:
+        found = self.active.get(execution_id)
+        if found is None:
+            return False
+        task, run = found
+        run.cancel_requested = True
+        task.get_loop().call_soon_threadsafe(task.cancel)
+        return True
+
+    # -- the engine's Services port ----------------------------------------------------------------------------
+    def credential(self, tenant_id: str, name: str) -> dict[str, Any]:
+        return self.vault.get(tenant_id, name)
+
+    def resume_url(self, ref: ExecutionRef) -> str | None:
+        token = ref.row.get("resume_token")
+        if not token:
+            return None
+        slug = self.catalog.tenant_by_id(ref.tenant_id)["slug"] if ref.tenant_id else "default"
+        return f"{self.settings.base_url}/hooks/{slug}/_resume/{ref.id}/{token}"
+
+    async def run_subflow(self, parent: ExecutionRef, name: str, items: list[dict], key: str) -> list[dict]:
+        try:
+            flow = self.catalog.flow(parent.tenant_id, name)
+        except NotFound as exc:
+            raise NodeError(str(exc)) from None
+        dedup = f"subflow:{key}"
+        existing = self.runs_db.one("SELECT id, status FROM executions WHERE dedup_key=?", (dedup,))
+        if existing is not None:  # the parent is being replayed after a crash: reuse the child
+            outcome = await self.run_execution(existing["id"])
+            child_id = existing["id"]
+            if outcome is None:
+                shown = self.runs.show(child_id)
+                outcome = Outcome(shown["status"], output=shown["output"] or [], error=shown["error"])
+        else:
+            child_id, outcome = await self.run_inline(flow, "subflow", items, parent_id=parent.id, dedup_key=dedup)
+        if outcome.status == SUCCEEDED:
+            return outcome.output
+        if outcome.status == WAITING:
+            raise NodeError(f"sub-flow {name!r} (execution {child_id}) is waiting; execute_flow needs flows that "
+                            "finish without waiting")
+        message = (outcome.error or {}).get("message", outcome.status)
+        raise NodeError(f"sub-flow {name!r} (execution {child_id}) {outcome.status}: {message}")
+

@@ -1,0 +1,132 @@
+"""Numbered migrations of flowfuse.db (control data) and runs.db (executions and steps).
+
+Every row that belongs to a tenant carries `tenant_id`. Add a migration; never edit one that shipped.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Migrations
+
+control = Migrations("flowfuse")
+runs = Migrations("runs")
+
+
+@control(name="0001_initial")
+def _control_0001(db) -> None:
+    db.executescript("""
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        slug TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE flows (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        trigger_type TEXT NOT NULL,
+        webhook_path TEXT,
+        webhook_method TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant_id, name)
+    );
+    CREATE INDEX flows_webhook ON flows (tenant_id, webhook_path) WHERE webhook_path IS NOT NULL;
+    CREATE INDEX flows_active ON flows (active, trigger_type);
+    CREATE TABLE flow_versions (
+        flow_id TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+        tenant_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (flow_id, version)
+    );
+    CREATE TABLE credentials (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    CREATE TABLE variables (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    """)
+
+
+@runs(name="0001_initial")
+def _runs_0001(db) -> None:
+    db.executescript("""
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        flow_id TEXT,
+        flow_name TEXT NOT NULL,
+        flow_version INTEGER,
+        status TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        input BLOB NOT NULL,
+        meta TEXT,
+        output BLOB,
+        error TEXT,
+        parent_id TEXT,
+        dedup_key TEXT UNIQUE,
+        resume_at REAL,
+        resume_token TEXT NOT NULL,
+        owner TEXT,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX executions_tenant ON executions (tenant_id, id);
+    CREATE INDEX executions_flow ON executions (tenant_id, flow_id, id);
+    CREATE INDEX executions_status ON executions (tenant_id, status, id);
+    CREATE INDEX executions_unfinished ON executions (status, owner) WHERE status IN ('queued', 'running', 'waiting');
+    CREATE TABLE steps (
+        id INTEGER PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        node TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        input_count INTEGER NOT NULL,
+        output BLOB,
+        error TEXT,
+        resume_at REAL,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL
+    );
+    CREATE INDEX steps_execution ON steps (execution_id, id);
+    CREATE TABLE resume_payloads (
+        execution_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        items BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (execution_id, key)
+    );
+    CREATE TABLE processes (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE TABLE schedule_state (
+        flow_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        last_due REAL NOT NULL
+    );
+    """)

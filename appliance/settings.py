@@ -1,0 +1,230 @@
+"""Typed settings: defaults here, overridden by `flowfuse.toml`, overridden by environment variables.
+
+The file is found through `--config` or `FLOWFUSE_CONFIG`; without either, `./flowfuse.toml` is
+read when it exists and the defaults apply otherwise. Every key may be set in the environment as
+`FLOWFUSE_<SECTION>_<KEY>` (e.g. `FLOWFUSE_SERVER_PORT=9000`). An unknown key or a value of the
+wrong type stops start-up with a message naming the key and where it came from.
+
+Each field's docstring (the string under it) is the comment printed beside it in the shipped
+`flowfuse.toml`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message names the key and the file or variable."""
+
+
+@dataclass
+class Server:
+    host: str = "127.0.0.1"
+    "Address the web server listens on."
+    port: int = 8080
+    "TCP port of the web server."
+    base_url: str = ""
+    "Public URL of this instance, used in resume URLs; empty means http://{host}:{port}."
+    max_body_bytes: int = 1048576
+    "Largest webhook request body accepted; larger ones get 413."
+    sync_timeout_s: float = 30.0
+    "How long a when_done webhook may run before it answers 202 and finishes in the background."
+
+
+@dataclass
+class Storage:
+    data_dir: str = "./data"
+    "Directory of flowfuse.db, runs.db, queue.db and flowfuse.key."
+    synchronous: str = "NORMAL"
+    "SQLite synchronous mode: NORMAL (safe in WAL, fast) or FULL (fsync on every commit)."
+    busy_timeout_ms: int = 5000
+    "How long a connection waits for another process's write lock."
+    group_commit_max: int = 512
+    "Most writes combined into one transaction by the writer thread."
+
+
+@dataclass
+class Engine:
+    inline_wait_max_s: float = 5.0
+    "Waits and retry back-offs up to this long sleep in the event loop; longer ones are parked in the queue."
+    max_step_output_bytes: int = 4194304
+    "Largest step output stored whole; larger outputs are stored truncated and re-run on resume."
+
+
+@dataclass
+class Worker:
+    threads: int = 16
+    "Huey consumer threads, i.e. executions the worker runs at the same time."
+    poll_interval_s: float = 0.01
+    "How often an idle consumer first polls the queue."
+    max_poll_interval_s: float = 0.25
+    "Longest poll interval the consumer backs off to when idle."
+    heartbeat_s: float = 2.0
+    "How often each process records that it is alive."
+    stale_after_s: float = 15.0
+    "A process silent this long is dead: its running executions are resumed elsewhere."
+
+
+@dataclass
+class Schedule:
+    tick_s: float = 1.0
+    "How often the worker checks for due cron triggers."
+    catch_up: int = 1
+    "Due times missed while stopped that fire on start (newest first); 0 skips them."
+
+
+@dataclass
+class Logging:
+    level: str = "INFO"
+    "Log level: DEBUG, INFO, WARNING or ERROR."
+
+
+@dataclass
+class Settings:
+    server: Server = field(default_factory=Server)
+    storage: Storage = field(default_factory=Storage)
+    engine: Engine = field(default_factory=Engine)
+    worker: Worker = field(default_factory=Worker)
+    schedule: Schedule = field(default_factory=Schedule)
+    logging: Logging = field(default_factory=Logging)
+    #: Where the file settings came from (None: defaults only).
+    source: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def base_url(self) -> str:
+        return (self.server.base_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise SettingsError(f"{where} must be {kind.__name__}, got {value!r}")
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
+    if section not in SECTIONS:
+        raise SettingsError(f"{where}: unknown section [{section}] (sections: {', '.join(SECTIONS)})")
+    target = getattr(settings, section)
+    hints = get_type_hints(type(target))
+    if key not in hints:
+        raise SettingsError(f"{where}: unknown key {section}.{key} (keys of [{section}]: {', '.join(hints)})")
+    setattr(target, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+         overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from defaults, the TOML file, the environment and then explicit overrides.
+
+    `overrides` maps "section.key" to a value (what CLI flags such as --data-dir set).
+    """
+    env = dict(os.environ if env is None else env)
+    settings = Settings()
+    explicit = path or env.get("FLOWFUSE_CONFIG")
+    file = Path(explicit) if explicit else Path("flowfuse.toml")
+    if explicit and not file.is_file():
+        raise SettingsError(f"config file {file} does not exist")
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file}: not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise SettingsError(f"{file}: {section} must be a [section] table")
+            for key, value in values.items():
+                _apply(settings, section, key, value, str(file))
+        settings.source = str(file)
+    for name, value in env.items():
+        if not name.startswith("FLOWFUSE_") or name == "FLOWFUSE_CONFIG":
+            continue
+        rest = name[len("FLOWFUSE_"):].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # other FLOWFUSE_ variables (e.g. FLOWFUSE_ADMIN_PASSWORD) are not settings
+        _apply(settings, section, rest[len(section) + 1:], value, f"environment variable {name}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            _apply(settings, section, key, value, f"option --{key.replace('_', '-')}")
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    where = settings.source or "the defaults"
+    if settings.storage.synchronous.upper() not in ("NORMAL", "FULL"):
+        raise SettingsError(f"{where}: storage.synchronous must be NORMAL or FULL")
+    if not 0 < settings.server.port < 65536:
+        raise SettingsError(f"{where}: server.port must be between 1 and 65535")
+    if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"{where}: logging.level must be DEBUG, INFO, WARNING or ERROR")
+
+
+def field_docs(section_cls: type) -> dict[str, str]:
+    """The docstring under each field of a settings section (read from the source)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(section_cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    return docs
+
+
+def render_toml() -> str:
+    """The shipped flowfuse.toml: every setting at its default, with its comment."""
+    lines = ["# FlowFuse settings. Every key is shown with its default; the binary runs without this file.",
+             "# Each key can also be set in the environment as FLOWFUSE_<SECTION>_<KEY>.", ""]
+    defaults = Settings()
+    for section in SECTIONS:
+        obj = getattr(defaults, section)
+        docs = field_docs(type(obj))
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"# {docs.get(f.name, '')}")
+            value = getattr(obj, f.name)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,175 @@
+"""The worker process: a Huey consumer, the engine's event loop, cron, and recovery.
+
+Huey's threads take `run_execution` messages and hand each to one asyncio loop, where the
+engine runs many executions at once. A housekeeping thread beats the heartbeat, re-queues
+executions whose process died (killed mid-run: they resume from their last committed step),
+cancels what was asked to be cancelled, and fires cron triggers. Cron runs in one worker only:
+the one holding `scheduler.lock` in the data directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import threading
+import time
+import zoneinfo
+from typing import Any
+
+from croniter import croniter
+
+from engine import QUEUED
+
+from .queue import EventLoopThread
+from .runs import EXEC_SQL, execution_row
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("flowfuse.worker")
+
+
+class CronScheduler:
+    """Fires every due time of each active schedule trigger exactly once, across restarts.
+
+    The last due time handled is kept per flow in runs.db beside the executions it created, in
+    the same transaction, and each firing has the dedup key `schedule:{flow}:{time}`.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def tick(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        started: list[str] = []
+        for flow in self.runtime.catalog.active_schedules():
+            try:
+                started.extend(self._fire(flow, now))
+            except Exception:  # one broken schedule must not stop the others
+                log.exception("schedule of flow %s failed", flow.name)
+        return started
+
+    def _fire(self, flow, now: float) -> list[str]:
+        settings = self.runtime.settings.schedule
+        trigger = next(n for n in flow.doc["nodes"] if n["type"] == "schedule")
+        cron, tz = trigger["params"]["cron"], trigger["params"].get("timezone") or "UTC"
+        state = self.runtime.runs_db.one("SELECT last_due FROM schedule_state WHERE flow_id=?", (flow.id,))
+        start = max(state["last_due"] if state else now - settings.tick_s, flow.updated_at)
+        it = croniter(cron, dt.datetime.fromtimestamp(start, zoneinfo.ZoneInfo(tz)))
+        due: list[float] = []
+        nxt = it.get_next(float)
+        while nxt <= now and len(due) < 10_000:
+            due.append(nxt)
+            nxt = it.get_next(float)
+        if not due:
+            return []
+        late = now - 2 * settings.tick_s - 1
+        missed = [d for d in due if d < late]
+        fire = (missed[-settings.catch_up:] if settings.catch_up > 0 else []) + [d for d in due if d >= late]
+        rows = [execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name,
+                              flow_version=flow.version, trigger="schedule", status=QUEUED,
+                              items=[{"scheduled_at": _iso(d, tz), "timezone": tz}],
+                              dedup_key=f"schedule:{flow.id}:{d:.0f}") for d in fire]
+
+        def write(conn) -> list[str]:
+            inserted = []
+            for row in rows:
+                if conn.execute("SELECT 1 FROM executions WHERE dedup_key=?", (row["dedup_key"],)).fetchone():
+                    continue
+                conn.execute(EXEC_SQL, row)
+                inserted.append(row["id"])
+            conn.execute("INSERT INTO schedule_state VALUES (?,?,?) ON CONFLICT (flow_id) DO UPDATE SET "
+                         "last_due=excluded.last_due", (flow.id, flow.tenant_id, due[-1]))
+            return inserted
+        inserted = self.runtime.runs_db.write(write)
+        if len(due) > len(fire):
+            log.info("flow %s: skipped %d due times missed while stopped", flow.name, len(due) - len(fire))
+        for execution_id in inserted:
+            self.runtime.enqueue(execution_id)
+        return inserted
+
+
+def _iso(ts: float, tz: str) -> str:
+    return dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(tz)).isoformat()
+
+
+class Housekeeper(threading.Thread):
+    def __init__(self, runtime: Runtime):
+        super().__init__(name="housekeeper", daemon=True)
+        self.runtime = runtime
+        self.stop_event = threading.Event()
+        self.cron = CronScheduler(runtime)
+        self._lock_file: Any = None
+
+    def _is_scheduler(self) -> bool:
+        """Hold scheduler.lock for the life of the process: only its holder fires cron triggers."""
+        if self._lock_file is None:
+            handle = open(self.runtime.settings.data_dir / "scheduler.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
+            self._lock_file = handle
+        return True
+
+    def recover(self) -> None:
+        """Queue again what a dead process left: running executions of dead owners, stranded queued ones."""
+        rt = self.runtime
+        for execution_id in rt.runs.orphans(rt.process_id, rt.settings.worker.stale_after_s):
+            log.info("resuming execution %s left by a stopped process", execution_id)
+            rt.enqueue(execution_id)
+        for execution_id in rt.runs.due_waiting(time.time() - 5):
+            rt.enqueue(execution_id)
+
+    def run(self) -> None:
+        rt = self.runtime
+        settings = rt.settings
+        next_beat = next_recover = next_tick = 0.0
+        for execution_id in rt.runs.queued():  # messages may have been lost with a crash before enqueue
+            rt.enqueue(execution_id)
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    rt.runs.heartbeat(rt.process_id, "worker")
+                    next_beat = now + settings.worker.heartbeat_s
+                if now >= next_recover:
+                    self.recover()
+                    next_recover = now + max(1.0, settings.worker.stale_after_s / 3)
+                for execution_id in rt.runs.cancel_requested(rt.process_id):
+                    rt.cancel_local(execution_id)
+                if now >= next_tick and self._is_scheduler():
+                    self.cron.tick()
+                    next_tick = now + settings.schedule.tick_s
+            except Exception:
+                log.exception("housekeeping failed; trying again")
+            self.stop_event.wait(0.2)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the worker in this (main) thread until SIGTERM or SIGINT."""
+    runtime = Runtime(settings, role="worker")
+    runtime.loop_thread = EventLoopThread()
+    runtime.runs.heartbeat(runtime.process_id, "worker")
+    keeper = Housekeeper(runtime)
+    keeper.start()
+    consumer = runtime.huey.create_consumer(
+        workers=settings.worker.threads, worker_type="thread", periodic=False,
+        initial_delay=settings.worker.poll_interval_s, backoff=1.15,
+        max_delay=settings.worker.max_poll_interval_s, scheduler_interval=1, check_worker_health=True)
+    log.info("worker %s started: %d threads, queue %s", runtime.process_id, settings.worker.threads,
+             settings.data_dir / "queue.db")
+    try:
+        consumer.run()
+    finally:
+        keeper.stop()
+        runtime.loop_thread.stop()
+        runtime.runs_db.execute("DELETE FROM processes WHERE id=?", (runtime.process_id,))
+        runtime.close()

@@ -1,0 +1,1 @@
+"""The Litestar app: console, REST API, webhooks and health checks."""

@@ -1,0 +1,197 @@
+"""Webhooks at /hooks/{tenant}/{path}: the hot path, written as a bare ASGI app mounted in Litestar.
+
+Synchronous (`respond: when_done`) webhooks run the flow inline in this process and answer with
+its result; asynchronous ones (`immediately`) answer 202 once the execution is in runs.db and its
+message in the queue. Unknown path 404, wrong method 405, malformed JSON 400, body over the limit
+413: none of these creates an execution. The flow is found in memory (see Catalog.route).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from appliance.runtime import Runtime
+from engine import CANCELLED, FAILED, SUCCEEDED, WAITING, Outcome
+
+log = logging.getLogger("flowfuse.hooks")
+_encode = msgspec.json.Encoder().encode
+_json_decoder = msgspec.json.Decoder()
+
+#: Request headers never recorded in execution data.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"})
+JSON = [(b"content-type", b"application/json")]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send(send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    if isinstance(body, (bytes, bytearray)):
+        payload, head = bytes(body), list(headers or [])
+    elif isinstance(body, str):
+        payload, head = body.encode(), [(b"content-type", b"text/plain; charset=utf-8"), *(headers or [])]
+    else:
+        payload, head = _encode(body), [*JSON, *(headers or [])]
+    head.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _read_body(scope, receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    raise _TooLarge
+            except ValueError:
+                pass
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _items(body: bytes, content_type: str, query: dict[str, Any]) -> list[dict]:
+    """The trigger items: a JSON object is one item, a list of objects several; anything else is wrapped."""
+    if not body.strip():
+        return [dict(query)]
+    if "json" in content_type:
+        value = _json_decoder.decode(body)  # msgspec.DecodeError -> 400
+    elif "application/x-www-form-urlencoded" in content_type:
+        value = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(body.decode(errors="replace")).items()}
+    else:
+        value = body.decode(errors="replace")
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(i, dict) for i in value):
+        return value
+    return [{"body": value}]
+
+
+def _response(execution_id: str, outcome: Outcome) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+    headers = [(b"x-flowfuse-execution", execution_id.encode())]
+    if outcome.response is not None and outcome.status != FAILED:
+        r = outcome.response
+        extra = [(k.lower().encode(), str(v).encode()) for k, v in r["headers"].items()]
+        body = r["body"]
+        if isinstance(body, str):
+            payload, content_type = body.encode(), b"text/plain; charset=utf-8"
+        else:
+            payload, content_type = _encode(body), b"application/json"
+        if not any(k == b"content-type" for k, _ in extra):
+            extra.append((b"content-type", content_type))
+        return r["status"], payload, headers + extra
+    if outcome.status == SUCCEEDED:
+        output = outcome.output
+        return 200, output[0] if len(output) == 1 else output, headers
+    if outcome.status == WAITING:
+        return 202, {"execution_id": execution_id, "status": "waiting"}, headers
+    if outcome.status == CANCELLED:
+        return 409, {"execution_id": execution_id, "status": "cancelled"}, headers
+    error = outcome.error or {}
+    return 500, {"execution_id": execution_id, "status": "failed", "node": error.get("node"),
+                 "error": error.get("message")}, headers
+
+
+class Hooks:
+    """The ASGI app for /hooks; `runtime` is set when the web app starts."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.background: set[asyncio.Task] = set()
+
+    async def __call__(self, scope, receive, send) -> None:
+        rt = self.runtime
+        # The request line as sent: Litestar's mount rewrites scope["path"] (prefix off, "/" added).
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").partition("?")[0]
+        tenant, _, hook_path = path.removeprefix("/hooks/").partition("/")
+        tenant, hook_path = unquote(tenant), unquote(hook_path)
+        if hook_path.startswith("_resume/"):
+            return await self._resume(scope, receive, send, tenant, hook_path)
+        flow = rt.catalog.route(tenant, hook_path) if rt and tenant and hook_path else None
+        if flow is None:
+            return await _send(send, 404, {"error": f"no active webhook at /hooks/{tenant}/{hook_path}"})
+        method = scope["method"]
+        if method != flow.webhook_method:
+            return await _send(send, 405, {"error": f"this webhook accepts {flow.webhook_method}, not {method}"},
+                               [(b"allow", flow.webhook_method.encode())])
+        try:
+            body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
+        except _TooLarge:
+            return await _send(send, 413, {"error": f"body is larger than {rt.settings.server.max_body_bytes} bytes"})
+        headers = {}
+        content_type = ""
+        for k, v in scope["headers"]:
+            name = k.decode("latin-1")
+            if name == "content-type":
+                content_type = v.decode("latin-1").lower()
+            if name not in SECRET_HEADERS:
+                headers[name] = v.decode("latin-1")
+        query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+        try:
+            items = _items(body, content_type, query)
+        except msgspec.DecodeError as exc:
+            return await _send(send, 400, {"error": f"body is not valid JSON: {exc}"})
+        meta = {"request": {"method": method, "path": hook_path, "query": query, "headers": headers}}
+        compiled = rt.catalog.compiled(flow.id, flow.version)
+        if compiled.trigger.raw_params.get("respond") == "immediately":
+            execution_id = await rt.aqueue_execution(flow, "webhook", items, meta)
+            return await _send(send, 202, {"execution_id": execution_id, "status": "queued"},
+                               [(b"x-flowfuse-execution", execution_id.encode())])
+        task = asyncio.ensure_future(rt.run_inline(flow, "webhook", items, meta))
+        try:
+            execution_id, outcome = await asyncio.wait_for(asyncio.shield(task), rt.settings.server.sync_timeout_s)
+        except asyncio.TimeoutError:
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+            return await _send(send, 202, {"status": "running", "message": "still running; see the execution list"})
+        status, payload, extra = _response(execution_id, outcome)
+        await _send(send, status, payload, extra)
+
+    async def _resume(self, scope, receive, send, tenant: str, hook_path: str) -> None:
+        rt = self.runtime
+        parts = hook_path.split("/")
+        if len(parts) != 3 or rt is None:
+            return await _send(send, 404, {"error": "unknown resume URL"})
+        _, execution_id, token = parts
+        row = rt.runs_db.one("SELECT e.tenant_id, e.status, e.resume_token FROM executions e WHERE e.id=?",
+                             (execution_id,))
+        try:
+            tenant_id = rt.catalog.tenant(tenant)["id"]
+        except LookupError:
+            tenant_id = None
+        if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(row["resume_token"], token):
+            return await _send(send, 404, {"error": "unknown resume URL"})
+        step = rt.runs_db.one("SELECT key FROM steps WHERE execution_id=? AND status='waiting' AND resume_at IS NULL "
+                              "ORDER BY id DESC LIMIT 1", (execution_id,))
+        if row["status"] != WAITING or step is None:
+            return await _send(send, 409, {"error": f"execution {execution_id} is {row['status']}, not waiting "
+                                                    "for its resume URL"})
+        try:
+            body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
+            content_type = next((v.decode().lower() for k, v in scope["headers"] if k == b"content-type"), "")
+            items = _items(body, content_type, {})
+        except _TooLarge:
+            return await _send(send, 413, {"error": f"body is larger than {rt.settings.server.max_body_bytes} bytes"})
+        except msgspec.DecodeError as exc:
+            return await _send(send, 400, {"error": f"body is not valid JSON: {exc}"})
+        await asyncio.to_thread(rt.runs.add_resume_payload, execution_id, row["tenant_id"], step["key"], items)
+        await asyncio.to_thread(rt.enqueue, execution_id)
+        await _send(send, 202, {"execution_id": execution_id, "status": "resumed"})
+
