@@ -59,6 +59,7 @@ class Catalog:
         self.registry = registry
         self._lock = threading.Lock()
         self._seen_version: int | None = None
+        self._checked_at = 0.0
         self._routes: dict[tuple[str, str], FlowRow] | None = None
         self._compiled: dict[tuple[str, int], Flow] = {}
         self._tenants: dict[str, dict[str, Any]] = {}  # by slug and by id
@@ -66,6 +67,14 @@ class Catalog:
 
     # -- cache -------------------------------------------------------------------------------------------
     def _fresh(self) -> None:
+        """Drop the cache if another connection committed to flowfuse.db since the last look.
+
+        Looked up at most every 5 ms: one webhook request asks several times, SQLite once.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < 0.005:
+            return
+        self._checked_at = now
         version = self.db.read().execute("PRAGMA data_version").fetchone()[0]
         if version != self._seen_version:
             self.invalidate()

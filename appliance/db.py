@@ -1,9 +1,9 @@
 """SQLite files: connections with the project's pragmas, numbered migrations, and one writer each.
 
-Every write to a database goes through its `Writer`: one thread that owns the only write
-connection of this process, takes whatever writes are waiting, runs them in one `BEGIN IMMEDIATE`
-transaction (each inside its own savepoint, so one failing write does not undo the others) and
-commits once. That is group commit: under load a single fsync-free commit carries hundreds of
+Every write to a database goes through its `Writer`, which owns the only write connection of
+this process, takes whatever writes are waiting, runs them in one `BEGIN IMMEDIATE` transaction
+and commits once (if one write fails, the batch is redone with a savepoint each, so the failure
+undoes only that write). That is group commit: under load a single fsync-free commit carries hundreds of
 writes, and callers never contend for the lock. Reads use a per-thread connection; WAL lets them
 run beside the writer.
 """
@@ -11,10 +11,11 @@ run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import fcntl
 import logging
-import queue
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ def connect(path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
+    if os.environ.get("XCKPT"): conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
 
 
@@ -73,79 +75,140 @@ def pending_migrations(path: Path, migrations: sqlite_utils.Migrations) -> list[
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "result", "error")
+    __slots__ = ("fn", "future", "result", "error")
 
-    def __init__(self, fn, future, loop):
-        self.fn, self.future, self.loop = fn, future, loop
+    def __init__(self, fn, future):
+        self.fn, self.future = fn, future
         self.result = self.error = None
 
 
 class Writer:
-    """The one writer of a database in this process (see the module docstring)."""
+    """The one writer of a database in this process (see the module docstring).
 
-    def __init__(self, path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000, max_batch: int = 512):
+    In a process with an event loop (web, worker) the writer is bound to that loop: every
+    write, from a coroutine or from another thread, is queued, and one callback on the loop
+    runs all queued writes in one transaction. Coroutines that reach a commit point during the
+    same loop iteration share that commit, and no thread hand-off sits on the hot path.
+    Without a loop (the CLI) a thread does the same.
+    """
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000, max_batch: int = 512,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.path = path
         self._conn = connect(path, synchronous, busy_timeout_ms)
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._max_batch = max_batch
-        self._thread = threading.Thread(target=self._loop, name=f"writer:{path.name}", daemon=True)
-        self._thread.start()
-        self.commits = 0
-        self.writes = 0
+        self._loop = loop
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._closed = False
+        self.commits = self.writes = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            self._thread = threading.Thread(target=self._thread_loop, name=f"writer:{path.name}", daemon=True)
+            self._thread.start()
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _enqueue(self, job: _Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the writer of {self.path.name} is closed")
+            self._pending.append(job)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if self._loop is None:
+            self._wake.set()
+        elif self._on_loop():
+            self._loop.call_soon(self._flush)
+        else:
+            self._loop.call_soon_threadsafe(self._flush)
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Job(fn, future, None))
+        self._enqueue(_Job(fn, future))
         return future
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in the next group transaction and wait for the commit (threads)."""
+        """Run `fn(conn)` in the next group transaction and wait for the commit (not on the loop)."""
+        if self._loop is not None and self._on_loop():
+            raise RuntimeError("write() would block the event loop that commits it; use awrite()")
         return self.submit(fn).result()
 
     async def awrite(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Like `write`, for coroutines: the event loop is not blocked while waiting."""
+        """Like `write`, for coroutines: they wait for the commit without blocking the loop."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        self._enqueue(_Job(fn, future))
         return await future
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
+        """Commit what is queued, then close. Call when the loop (if any) no longer runs callbacks."""
+        with self._lock:
+            self._closed = True
+        if self._thread is not None:
+            self._wake.set()
             self._thread.join(timeout=10)
+        while self._pending:
+            self._flush()
         self._conn.close()
 
-    def _loop(self) -> None:
+    def _thread_loop(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            self._wake.wait()
+            self._wake.clear()
+            while self._flush():
+                pass
+            if self._closed:
                 return
-            batch = [job]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
+
+    def _flush(self) -> bool:
+        """Run up to max_batch queued writes in one transaction; True if more are waiting."""
+        with self._lock:
+            batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
+            more = bool(self._pending)
+            self._scheduled = more
+        if batch:
             self._run_batch(batch)
+        if more and self._loop is not None:
+            self._loop.call_soon(self._flush)
+        return more
+
+    def _transaction(self, batch: list[_Job], isolate: bool) -> bool:
+        """Run the batch in one transaction and commit. Without `isolate`, the first failing job
+        rolls everything back and False is returned; with it, a failing job undoes only itself."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            if not isolate:
+                try:
+                    job.result = job.fn(conn)
+                except Exception:  # noqa: BLE001 - redone in isolation to find whose it is
+                    conn.execute("ROLLBACK")
+                    return False
+                continue
+            conn.execute("SAVEPOINT job")
+            try:
+                job.result, job.error = job.fn(conn), None
+                conn.execute("RELEASE job")
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                job.result, job.error = None, exc
+        conn.execute("COMMIT")
+        return True
 
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    job.result = job.fn(conn)
-                    conn.execute("RELEASE job")
-                except Exception as exc:  # noqa: BLE001 - handed to the caller
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    job.error = exc
-            conn.execute("COMMIT")
+            if not self._transaction(batch, isolate=False):
+                self._transaction(batch, isolate=True)  # a job failed: redo, each in its own savepoint
             self.commits += 1
             self.writes += len(batch)
         except Exception as exc:  # the transaction itself failed (disk full, I/O error)
@@ -154,30 +217,33 @@ class Writer:
                 conn.execute("ROLLBACK")
             for job in batch:
                 job.error, job.result = exc, None
-        by_loop: dict[Any, list[_Job]] = {}
+        elsewhere: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        here = self._loop if self._loop is not None and self._on_loop() else None
         for job in batch:
-            if job.loop is None:
-                if job.error is not None:
-                    job.future.set_exception(job.error)
-                else:
-                    job.future.set_result(job.result)
+            future = job.future
+            if isinstance(future, asyncio.Future) and future.get_loop() is not here:
+                elsewhere.setdefault(future.get_loop(), []).append(job)
             else:
-                by_loop.setdefault(job.loop, []).append(job)
-        for loop, jobs in by_loop.items():
+                _settle_one(job)
+        for loop, jobs in elsewhere.items():
             try:
                 loop.call_soon_threadsafe(_settle, jobs)
             except RuntimeError:
                 pass  # that loop has closed; nobody is waiting any more
 
 
+def _settle_one(job: _Job) -> None:
+    if job.future.done():
+        return
+    if job.error is not None:
+        job.future.set_exception(job.error)
+    else:
+        job.future.set_result(job.result)
+
+
 def _settle(jobs: list[_Job]) -> None:
     for job in jobs:
-        if job.future.done():
-            continue
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.result)
+        _settle_one(job)
 
 
 class Database:
@@ -198,6 +264,13 @@ class Database:
                 if self._writer is None:
                     self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch)
         return self._writer
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit on this event loop from now on (see Writer); call before the loop serves work."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch, loop=loop)
 
     def read(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -78,13 +78,19 @@ class Runtime:
         self.vault = Vault(self.control, data / "flowfuse.key")
         self.process_id = f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
         self.role = role
-        self.executor = Executor(self.runs, self, Limits(settings.engine.inline_wait_max_s,
-                                                         settings.engine.max_step_output_bytes))
+        self.executor = Executor(self.runs, self, Limits(
+            settings.engine.inline_wait_max_s, settings.engine.max_step_output_bytes,
+            checkpoint_every_step=settings.engine.checkpoint == "every_step"))
         self.huey, self._task = make_queue(self, data / "queue.db", settings)
         #: Executions running in this process: id -> (task, run) so they can be cancelled.
         self.active: dict[str, tuple[asyncio.Task, Run]] = {}
         #: The worker's engine loop (Huey threads hand it coroutines); None outside the worker.
         self.loop_thread = None
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit on this event loop (the web process's, or the worker's engine loop)."""
+        self.control.use_loop(loop)
+        self.runs_db.use_loop(loop)
 
     def migrations_pending(self) -> list[str]:
         return (pending_migrations(self.control.path, schema.control) +
@@ -209,11 +215,8 @@ class Runtime:
         return self.vault.get(tenant_id, name)
 
     def resume_url(self, ref: ExecutionRef) -> str | None:
-        token = ref.row.get("resume_token")
-        if not token:
-            return None
-        slug = self.catalog.tenant_by_id(ref.tenant_id)["slug"] if ref.tenant_id else "default"
-        return f"{self.settings.base_url}/hooks/{slug}/_resume/{ref.id}/{token}"
+        slug = self.catalog.tenant_by_id(ref.tenant_id)["slug"]
+        return f"{self.settings.base_url}/hooks/{slug}/_resume/{ref.id}/{self.vault.sign('resume', ref.id)}"
 
     async def run_subflow(self, parent: ExecutionRef, name: str, items: list[dict], key: str) -> list[dict]:
         try:

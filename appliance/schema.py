@@ -80,14 +80,14 @@ def _runs_0001(db) -> None:
         output BLOB,
         error TEXT,
         parent_id TEXT,
-        dedup_key TEXT UNIQUE,
+        dedup_key TEXT,
         resume_at REAL,
-        resume_token TEXT NOT NULL,
         owner TEXT,
         created_at REAL NOT NULL,
         finished_at REAL,
         updated_at REAL NOT NULL
     );
+    CREATE UNIQUE INDEX executions_dedup ON executions (dedup_key) WHERE dedup_key IS NOT NULL;
     CREATE INDEX executions_tenant ON executions (tenant_id, id);
     CREATE INDEX executions_flow ON executions (tenant_id, flow_id, id);
     CREATE INDEX executions_status ON executions (tenant_id, status, id);

@@ -8,6 +8,7 @@ to each, SIGKILL after a grace period) and then returns.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ def supervise(settings: Settings, config: str | None) -> int:
                         "--expect-worker"),
         "worker": _command(*common, "worker", *data),
     }
+    # The worker has no --port: tell it the public URL so that the resume URLs it hands out point here.
+    envs = {"web": None, "worker": {**os.environ, "FLOWFUSE_SERVER_BASE_URL": settings.base_url}}
     children: dict[str, subprocess.Popen] = {}
     failures = {name: 0 for name in specs}
     stopping = False
@@ -46,7 +49,7 @@ def supervise(settings: Settings, config: str | None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for name, cmd in specs.items():
-        children[name] = subprocess.Popen(cmd)
+        children[name] = subprocess.Popen(cmd, env=envs[name])
         log.info("started %s (pid %d)", name, children[name].pid)
     log.info("FlowFuse is serving on %s", settings.base_url)
     started = {name: time.monotonic() for name in specs}
@@ -64,7 +67,7 @@ def supervise(settings: Settings, config: str | None) -> int:
                 time.sleep(0.1)
             if stopping:
                 break
-            children[name] = subprocess.Popen(specs[name])
+            children[name] = subprocess.Popen(specs[name], env=envs[name])
             started[name] = time.monotonic()
     log.info("stopping")
     for proc in children.values():

@@ -55,6 +55,8 @@ class Engine:
     "Waits and retry back-offs up to this long sleep in the event loop; longer ones are parked in the queue."
     max_step_output_bytes: int = 4194304
     "Largest step output stored whole; larger outputs are stored truncated and re-run on resume."
+    checkpoint: str = "effects"
+    "When steps are committed: effects (before any node that acts outside the run, and at the end) or every_step."
 
 
 @dataclass
@@ -132,7 +134,8 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
     raise SettingsError(f"{where} must be {kind.__name__}, got {value!r}")
 
 
-def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
+def _apply(settings: Settings, section: str, key: str, value: Any, where: str,
+           origins: dict[str, str] | None = None) -> None:
     if section not in SECTIONS:
         raise SettingsError(f"{where}: unknown section [{section}] (sections: {', '.join(SECTIONS)})")
     target = getattr(settings, section)
@@ -140,6 +143,8 @@ def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -
     if key not in hints:
         raise SettingsError(f"{where}: unknown key {section}.{key} (keys of [{section}]: {', '.join(hints)})")
     setattr(target, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
+    if origins is not None:
+        origins[f"{section}.{key}"] = where
 
 
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
@@ -150,6 +155,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     """
     env = dict(os.environ if env is None else env)
     settings = Settings()
+    origins: dict[str, str] = {}  # "section.key" -> the file, variable or option that set it last
     explicit = path or env.get("FLOWFUSE_CONFIG")
     file = Path(explicit) if explicit else Path("flowfuse.toml")
     if explicit and not file.is_file():
@@ -163,7 +169,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
             if not isinstance(values, dict):
                 raise SettingsError(f"{file}: {section} must be a [section] table")
             for key, value in values.items():
-                _apply(settings, section, key, value, str(file))
+                _apply(settings, section, key, value, str(file), origins)
         settings.source = str(file)
     for name, value in env.items():
         if not name.startswith("FLOWFUSE_") or name == "FLOWFUSE_CONFIG":
@@ -172,23 +178,27 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
             continue  # other FLOWFUSE_ variables (e.g. FLOWFUSE_ADMIN_PASSWORD) are not settings
-        _apply(settings, section, rest[len(section) + 1:], value, f"environment variable {name}")
+        _apply(settings, section, rest[len(section) + 1:], value, f"environment variable {name}", origins)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
-            _apply(settings, section, key, value, f"option --{key.replace('_', '-')}")
-    _check(settings)
+            _apply(settings, section, key, value, f"option --{key.replace('_', '-')}", origins)
+    _check(settings, origins)
     return settings
 
 
-def _check(settings: Settings) -> None:
-    where = settings.source or "the defaults"
+def _check(settings: Settings, origins: dict[str, str]) -> None:
+    """Checks of values (not types); the message names where the offending value was set."""
+    def where(key: str) -> str:
+        return origins.get(key, "the defaults")
     if settings.storage.synchronous.upper() not in ("NORMAL", "FULL"):
-        raise SettingsError(f"{where}: storage.synchronous must be NORMAL or FULL")
+        raise SettingsError(f"{where('storage.synchronous')}: storage.synchronous must be NORMAL or FULL")
     if not 0 < settings.server.port < 65536:
-        raise SettingsError(f"{where}: server.port must be between 1 and 65535")
+        raise SettingsError(f"{where('server.port')}: server.port must be between 1 and 65535")
+    if settings.engine.checkpoint not in ("effects", "every_step"):
+        raise SettingsError(f"{where}: engine.checkpoint must be effects or every_step")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise SettingsError(f"{where}: logging.level must be DEBUG, INFO, WARNING or ERROR")
+        raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:

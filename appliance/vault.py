@@ -7,6 +7,9 @@ tenant or renamed does not decrypt. Credentials are write-only: nothing here ret
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -51,12 +54,24 @@ class Vault:
         self.db = db
         self.key_path = key_path
         self._aead: AESGCM | None = None
+        self._key: bytes | None = None
 
     @property
     def aead(self) -> AESGCM:
         if self._aead is None:
-            self._aead = AESGCM(load_or_create_key(self.key_path))
+            self._aead = AESGCM(self.aead_key)
         return self._aead
+
+    def sign(self, purpose: str, value: str) -> str:
+        """An unguessable token for `value` (e.g. an execution's resume URL), derived from the master key."""
+        digest = hmac.new(self.aead_key, f"flowfuse-{purpose}\0{value}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    @property
+    def aead_key(self) -> bytes:
+        if self._key is None:
+            self._key = load_or_create_key(self.key_path)
+        return self._key
 
     def put(self, tenant_id: str, name: str, type_: str, data: dict[str, Any]) -> None:
         if type_ not in CREDENTIAL_TYPES:

@@ -157,6 +157,7 @@ def run_worker(settings: Settings) -> None:
     """Run the worker in this (main) thread until SIGTERM or SIGINT."""
     runtime = Runtime(settings, role="worker")
     runtime.loop_thread = EventLoopThread()
+    runtime.use_loop(runtime.loop_thread.loop)
     runtime.runs.heartbeat(runtime.process_id, "worker")
     keeper = Housekeeper(runtime)
     keeper.start()
@@ -170,6 +171,6 @@ def run_worker(settings: Settings) -> None:
         consumer.run()
     finally:
         keeper.stop()
-        runtime.loop_thread.stop()
         runtime.runs_db.execute("DELETE FROM processes WHERE id=?", (runtime.process_id,))
+        runtime.loop_thread.stop()
         runtime.close()

@@ -61,7 +61,7 @@ async def _execute_flow(ctx: NodeContext, items: list[dict]) -> list[dict]:
 
 
 def register(registry: Registry) -> None:
-    registry.add(NodeType("split_in_batches", None, outputs=("loop", "done"), params={
+    registry.add(NodeType("split_in_batches", None, pure=True, outputs=("loop", "done"), params={
         "size": Param("integer", default=10, description="items per batch"),
     }, description="Runs the nodes on its 'loop' output once per batch; 'done' gets what they returned."))
     registry.add(NodeType("wait", _wait, validate=_validate_wait, params={

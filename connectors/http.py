@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import weakref
 from typing import Any
 
@@ -60,7 +61,7 @@ def _decode(response: httpx.Response, mode: str, content: bytes) -> Any:
         if not content.strip():
             return None
         try:
-            return response.json()
+            return json.loads(text)  # the response was streamed: response.json() would raise ResponseNotRead
         except ValueError:
             raise NodeError(f"response from {response.url} is not JSON (set response: text to take it as text): "
                             f"{text[:120]!r}") from None

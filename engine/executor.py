@@ -7,8 +7,12 @@ when the process died has no committed step and runs again with the same attempt
 the same idempotency key `execution:node:attempt`.
 
 Steps are committed lazily: a finished step is buffered and flushed just before the next node
-starts (its successors may need it) or together with the execution's final status. With the
-store's group commit this keeps one write per step boundary, shared by every concurrent run.
+that has effects outside the run starts (an HTTP request, a sub-flow, a wait), or together with
+the execution's final status. Steps of pure nodes (set, if, merge, ...) ride along with that
+commit: after a crash they simply run again, which nobody can observe. So a completed step with
+effects never runs twice, and a webhook -> set -> respond run costs one commit, not four.
+`Limits.checkpoint_every_step` commits before every node instead. With the store's group commit
+each flush is shared by every run that reached a commit point at the same moment.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ class Limits:
     inline_wait_max_s: float = 5.0
     #: Largest output of one step that is stored whole (bytes of JSON).
     max_step_output_bytes: int = 4 * 1024 * 1024
+    #: Commit after every step, not only before steps with effects (see the module docstring).
+    checkpoint_every_step: bool = False
 
 
 class _Park(Exception):
@@ -163,6 +169,37 @@ class _NodesView(Mapping):
         return len(self._outputs)
 
 
+class _ExecutionInfo(Mapping):
+    """`execution` in expressions; resume_url is only worked out when something reads it."""
+
+    _KEYS = ("id", "started_at", "trigger", "flow", "request", "resume_url")
+
+    def __init__(self, run: Run, services: Services | None):
+        self._run, self._services = run, services
+
+    def __getitem__(self, key: str) -> Any:
+        run = self._run
+        if key == "id":
+            return run.ref.id
+        if key == "started_at":
+            return run.started_at
+        if key == "trigger":
+            return run.trigger
+        if key == "flow":
+            return run.flow.name
+        if key == "request":
+            return run.meta.get("request")
+        if key == "resume_url":
+            return self._services.resume_url(run.ref) if self._services else None
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+
 class _State:
     def __init__(self, run: Run, services: Services | None):
         self.run = run
@@ -177,9 +214,7 @@ class _State:
             self.done[step.key] = step
         timeout = run.flow.timeout_s
         self.deadline = run.started_at + timeout if timeout else math.inf
-        self.execution_info = {"id": run.ref.id, "started_at": run.started_at, "trigger": run.trigger,
-                               "flow": run.flow.name, "request": run.meta.get("request"),
-                               "resume_url": services.resume_url(run.ref) if services else None}
+        self.execution_info = _ExecutionInfo(run, services)
 
 
 class Executor:
@@ -286,7 +321,8 @@ class Executor:
                 attempt = prev.attempt + 1
             else:
                 attempt = prev.attempt
-        await self._flush(state)  # predecessors' outputs are durable before this node starts
+        if not node.spec.pure or self.limits.checkpoint_every_step:
+            await self._flush(state)  # what came before is durable before this node acts on the world
         credential = self._credential(state, node)
         while True:
             if state.run.cancel_requested:

@@ -12,6 +12,7 @@ Every template is compiled once (per flow version) and the compiled value is reu
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import math
 import re
@@ -30,6 +31,9 @@ MAX_EXPONENT = 1_000
 MAX_INT_ARG = MAX_SIZE
 #: Longest expression source accepted; deeper nesting than this fails at compile time.
 MAX_SOURCE = 20_000
+#: What one evaluation may build in all (elements of the strings and lists its operators, calls and
+#: filters return), so that many allowed steps (`range(10**5)|map('center', 10**6)`) cannot add up.
+MAX_TOTAL = 10 * MAX_SIZE
 
 
 class ExpressionError(Exception):
@@ -38,6 +42,55 @@ class ExpressionError(Exception):
 
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def _weight(value: Any, limit: int = MAX_TOTAL) -> int:
+    """Elements a value holds, nested strings and lists included (a list repeating one long string
+    weighs what its JSON would); stops counting past `limit`."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, (str, bytes)):
+            total += len(v)
+        elif isinstance(v, (list, tuple)):
+            total += len(v)
+            stack.extend(v)
+        elif isinstance(v, dict):
+            total += len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+    return total
+
+
+#: Elements built so far by the evaluation running in this context (None outside an evaluation).
+_spent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("expression_spent", default=None)
+
+
+def _charge(value: Any) -> Any:
+    """Count what an operator, call or filter returned against the evaluation's MAX_TOTAL."""
+    n = _size(value)
+    if n:
+        spent = _spent.get()
+        if spent is not None:
+            spent[0] += n
+            if spent[0] > MAX_TOTAL:
+                raise SecurityError(f"the expression builds more than {MAX_TOTAL} elements in all")
+    return value
+
+
+def _check_replace(s: Any, old: Any, new: Any, count: Any = None) -> None:
+    s, old, new = str(s), str(old), str(new)
+    n = s.count(old) if old else len(s) + 1
+    if isinstance(count, int) and count >= 0:
+        n = min(n, count)
+    if len(s) + n * (len(new) - len(old)) > MAX_SIZE:
+        raise SecurityError(f"replace would build more than {MAX_SIZE} characters")
+
+
+def _check_join(sep: Any, parts: list) -> None:
+    size = len(str(sep)) * max(len(parts) - 1, 0) + sum(_weight(p) for p in parts)
+    if size > MAX_SIZE:
+        raise SecurityError(f"join would build more than {MAX_SIZE} characters")
 
 
 class _Env(ImmutableSandboxedEnvironment):
@@ -52,46 +105,78 @@ class _Env(ImmutableSandboxedEnvironment):
                     raise SecurityError("the result of ** would be too large")
         elif op == "*":
             for seq, times in ((left, right), (right, left)):
-                if _size(seq) and isinstance(times, int) and _size(seq) * times > MAX_SIZE:
+                if _size(seq) and isinstance(times, int) and _weight(seq) * times > MAX_SIZE:
                     raise SecurityError(f"repetition would build more than {MAX_SIZE} elements")
         elif op == "%" and isinstance(left, str):
-            for width, precision in _PERCENT_SPEC.findall(left):
-                if max(int(width or 0), int(precision or 0)) > MAX_INT_ARG:
-                    raise SecurityError("format width is too large")
+            _check_percent(left, right)
         elif op == "+" and _size(left) + _size(right) > MAX_SIZE:
             raise SecurityError(f"concatenation would build more than {MAX_SIZE} elements")
-        return self.binop_table[op](left, right)
+        return _charge(self.binop_table[op](left, right))
 
     def call(self, context, obj, *args, **kwargs):
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_INT_ARG:
                 raise SecurityError(f"argument {arg} is larger than {MAX_INT_ARG}")
-        return super().call(context, obj, *args, **kwargs)
+        owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", None)
+        if isinstance(owner, str) and name == "replace":
+            _check_replace(owner, *args, **kwargs)
+        elif isinstance(owner, str) and name == "join" and args:
+            args = (list(args[0]), *args[1:])
+            _check_join(owner, args[0])
+        return _charge(super().call(context, obj, *args, **kwargs))
 
     def wrap_str_format(self, value):
         wrapped = super().wrap_str_format(value)
         if wrapped is None:
             return None
-        _check_format_widths(value.__self__)
-        return wrapped
+        if not _check_format_widths(value.__self__):
+            return wrapped
+
+        def nested_widths_checked(*args, **kwargs):
+            # a width given by a nested field ('{:>{}}') may come as a string of digits
+            values = [*args, *kwargs.values()]
+            values += [v for a in values if isinstance(a, Mapping) for v in a.values()]  # format_map
+            for arg in values:
+                if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_INT_ARG or \
+                        isinstance(arg, str) and any(int(d) > MAX_INT_ARG for d in re.findall(r"\d+", arg)):
+                    raise SecurityError("format width is too large")
+            return wrapped(*args, **kwargs)
+        return nested_widths_checked
 
 
-def _check_format_widths(fmt: str) -> None:
-    """Refuse `str.format` specs whose width or precision would allocate a huge string."""
+def _check_format_widths(fmt: str) -> bool:
+    """Refuse `str.format` specs whose width or precision would allocate a huge string.
+
+    Returns True when a spec takes its width from a nested field, to be checked when called."""
     try:
         specs = [spec or "" for _, _, spec, _ in string.Formatter().parse(fmt)]
     except ValueError:
-        return  # a malformed format string fails on its own when called
+        return False  # a malformed format string fails on its own when called
     for spec in specs:
         if any(int(d) > MAX_INT_ARG for d in re.findall(r"\d+", spec)):
             raise SecurityError("format width is too large")
+    return any("{" in spec for spec in specs)
 
 
-_PERCENT_SPEC = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?")
+#: A printf-style conversion: optional (mapping key), flags, width and precision (digits or *).
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?")
 
 
-def _guard_filter(func: Callable, positions: tuple[int, ...]) -> Callable:
-    """Wrap a built-in filter so that its size arguments are bounded."""
+def _check_percent(fmt: str, values: Any) -> None:
+    """Refuse `fmt % values` when a width or precision (literal or `*`) would allocate a huge string."""
+    args = values if isinstance(values, tuple) else (values,)
+    for width, precision in _PERCENT_SPEC.findall(fmt):
+        if "*" in (width, precision):  # the width comes from the arguments
+            if any(isinstance(a, int) and abs(a) > MAX_INT_ARG for a in args):
+                raise SecurityError("format width is too large")
+        elif max(int(width or 0), int(precision or 0)) > MAX_INT_ARG:
+            raise SecurityError("format width is too large")
+
+
+def _guard_filter(func: Callable, positions: tuple[int, ...], check: Callable[[tuple, dict], tuple] | None = None) -> Callable:
+    """Wrap a built-in filter so that its size arguments are bounded and its result is counted.
+
+    `check(args)` may refuse the call before it allocates, and returns the args to call with."""
 
     def guarded(*args, **kwargs):
         for i in positions:
@@ -100,9 +185,11 @@ def _guard_filter(func: Callable, positions: tuple[int, ...]) -> Callable:
         for v in kwargs.values():
             if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT_ARG:
                 raise SecurityError(f"argument {v} is larger than {MAX_INT_ARG}")
-        return func(*args, **kwargs)
+        if check is not None:
+            args = check(args, kwargs)
+        return _charge(func(*args, **kwargs))
 
-    guarded.__dict__.update(func.__dict__)  # keep jinja's pass_context/pass_environment marks
+    guarded.__dict__.update(getattr(func, "__dict__", {}))  # keep jinja's pass_context/pass_environment marks
     return guarded
 
 
@@ -121,10 +208,38 @@ def _make_env() -> _Env:
     )
     env.globals.clear()  # no lipsum, cycler, joiner, namespace, dict
     env.globals.update(range=safe_range, now=_now)
-    for name, positions in {"center": (1,), "indent": (1,), "wordwrap": (1,), "truncate": (1,),
-                            "batch": (1,), "slice": (1,), "format": ()}.items():
-        env.filters[name] = _guard_filter(env.filters[name], positions)
+    sizes = {"center": (1,), "indent": (1,), "wordwrap": (1,), "truncate": (1,), "batch": (1,), "slice": (1,)}
+    checks = {"replace": _replace_filter_args, "join": _join_filter_args, "format": _format_filter_args}
+    for name in list(env.filters):
+        env.filters[name] = _guard_filter(env.filters[name], sizes.get(name, ()), checks.get(name))
     return env
+
+
+def _replace_filter_args(args: tuple, kwargs: dict) -> tuple:
+    # replace(eval_ctx, s, old, new, count=None)
+    if len(args) >= 4:
+        _check_replace(*args[1:5], **kwargs)
+    return args
+
+
+def _format_filter_args(args: tuple, kwargs: dict) -> tuple:
+    # format(value, *args, **kwargs) is `value % (kwargs or args)`
+    if args:
+        _check_percent(str(args[0]), tuple(args[1:]))
+    return args
+
+
+def _join_filter_args(args: tuple, kwargs: dict) -> tuple:
+    # join(eval_ctx, value, d='', attribute=None): a generator is read once, here, and passed on as a list
+    if len(args) < 2:
+        return args
+    parts = list(args[1])
+    sep = kwargs.get("d", args[2] if len(args) > 2 else "")
+    if kwargs.get("attribute", args[3] if len(args) > 3 else None) is None:
+        _check_join(sep, parts)
+    else:  # joins one field of each item: only the separator can multiply
+        _check_join(sep, [None] * len(parts))
+    return (args[0], parts, *args[2:])
 
 
 ENV = _make_env()
@@ -143,6 +258,7 @@ class Compiled:
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         if self._fn is None:
             return self.source
+        token = _spent.set([0])
         try:
             return self._fn(scope)
         except SecurityError as exc:
@@ -157,6 +273,8 @@ class Compiled:
             raise
         except Exception as exc:  # any error raised by user code inside the sandbox
             raise ExpressionError(f"{type(exc).__name__}: {exc} in {_short(self.source)}") from None
+        finally:
+            _spent.reset(token)
 
 
 def _short(source: Any) -> str:
@@ -168,6 +286,8 @@ def _defined(value: Any) -> Any:
     """An undefined result (a missing key, a refused attribute) raises its error instead."""
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # Markup (from |tojson, |safe, ...) is a str subclass JSON encoders refuse
     return value
 
 

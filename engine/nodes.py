@@ -76,6 +76,10 @@ class NodeType:
     outputs: Outputs = ("main",)
     #: Trigger nodes start a flow; a flow has exactly one.
     trigger: bool = False
+    #: A pure node only computes items from items (no effect outside the run), so running it again
+    #: after a crash changes nothing: its step is committed with the next commit instead of before
+    #: its successors start. Leave False for anything that talks to the outside world.
+    pure: bool = False
     #: Nodes that take several inputs receive them separately (`ctx.inputs`).
     multi_input: bool = False
     #: A check of the literal params beyond their kinds; returns error messages.

@@ -27,6 +27,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings, role="web")
+        runtime.use_loop(asyncio.get_running_loop())
         hooks.runtime = state["runtime"] = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
         try:

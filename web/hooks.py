@@ -170,13 +170,12 @@ class Hooks:
         if len(parts) != 3 or rt is None:
             return await _send(send, 404, {"error": "unknown resume URL"})
         _, execution_id, token = parts
-        row = rt.runs_db.one("SELECT e.tenant_id, e.status, e.resume_token FROM executions e WHERE e.id=?",
-                             (execution_id,))
+        row = rt.runs_db.one("SELECT tenant_id, status FROM executions WHERE id=?", (execution_id,))
         try:
             tenant_id = rt.catalog.tenant(tenant)["id"]
         except LookupError:
             tenant_id = None
-        if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(row["resume_token"], token):
+        if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(rt.vault.sign("resume", execution_id), token):
             return await _send(send, 404, {"error": "unknown resume URL"})
         step = rt.runs_db.one("SELECT key FROM steps WHERE execution_id=? AND status='waiting' AND resume_at IS NULL "
                               "ORDER BY id DESC LIMIT 1", (execution_id,))
