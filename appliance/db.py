@@ -75,11 +75,16 @@ def pending_migrations(path: Path, migrations: sqlite_utils.Migrations) -> list[
 
 
 class _Job:
-    __slots__ = ("fn", "future", "result", "error")
+    __slots__ = ("fn", "future", "rows", "result", "error")
 
-    def __init__(self, fn, future):
-        self.fn, self.future = fn, future
+    def __init__(self, fn, future, rows=()):
+        self.fn, self.future, self.rows = fn, future, rows
         self.result = self.error = None
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        for sql, params in self.rows:
+            conn.executemany(sql, params)
+        self.result = self.fn(conn) if self.fn is not None else None
 
 
 class Writer:
@@ -141,11 +146,16 @@ class Writer:
             raise RuntimeError("write() would block the event loop that commits it; use awrite()")
         return self.submit(fn).result()
 
-    async def awrite(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Like `write`, for coroutines: they wait for the commit without blocking the loop."""
+    async def awrite(self, fn: Callable[[sqlite3.Connection], T] | None,
+                     rows: list[tuple[str, list[tuple]]] = ()) -> T:
+        """Like `write`, for coroutines: they wait for the commit without blocking the loop.
+
+        `rows` are (INSERT statement, parameter tuples) run before `fn`; the rows of all writes
+        in a batch that share a statement go to SQLite in one executemany.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._enqueue(_Job(fn, future))
+        self._enqueue(_Job(fn, future, rows))
         return await future
 
     def close(self) -> None:
@@ -185,17 +195,26 @@ class Writer:
         rolls everything back and False is returned; with it, a failing job undoes only itself."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
+        if not isolate:
+            try:
+                grouped: dict[str, list[tuple]] = {}
+                for job in batch:
+                    for sql, params in job.rows:
+                        grouped.setdefault(sql, []).extend(params)
+                for sql, params in grouped.items():
+                    conn.executemany(sql, params)
+                for job in batch:
+                    job.result = job.fn(conn) if job.fn is not None else None
+            except Exception:  # noqa: BLE001 - redone in isolation to find whose it is
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("COMMIT")
+            return True
         for job in batch:
-            if not isolate:
-                try:
-                    job.result = job.fn(conn)
-                except Exception:  # noqa: BLE001 - redone in isolation to find whose it is
-                    conn.execute("ROLLBACK")
-                    return False
-                continue
             conn.execute("SAVEPOINT job")
             try:
-                job.result, job.error = job.fn(conn), None
+                job.error = None
+                job.run(conn)
                 conn.execute("RELEASE job")
             except Exception as exc:  # noqa: BLE001 - handed to the caller
                 conn.execute("ROLLBACK TO job")
@@ -288,8 +307,8 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self.writer.write(fn)
 
-    async def awrite(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self.writer.awrite(fn)
+    async def awrite(self, fn: Callable[[sqlite3.Connection], T] | None, rows: list = ()) -> T:
+        return await self.writer.awrite(fn, rows)
 
     def execute(self, sql: str, params: Any = ()) -> int:
         """One write statement through the writer; returns the number of rows changed."""

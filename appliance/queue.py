@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huey import Huey
 from huey.storage import SqliteStorage
+
+log = logging.getLogger("flowfuse.worker")
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -36,18 +39,34 @@ class QueueStorage(SqliteStorage):
 
 
 class EventLoopThread:
-    """One asyncio loop on a background thread; Huey's worker threads hand coroutines to it."""
+    """One asyncio loop on a background thread, where the worker runs its executions.
 
-    def __init__(self) -> None:
+    Huey's threads only take messages off the queue and `submit` them here; they wait only when
+    `limit` executions are already in flight. So a few consumer threads keep many executions going
+    (an execution mostly waits on I/O), without each one holding a thread.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
         self.loop = _new_loop()
+        self.slots = threading.BoundedSemaphore(limit)
         self.thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
         self.thread.start()
 
     def run(self, coro) -> object:
+        """Run a coroutine on the loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def submit(self, coro) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Start a coroutine on the loop once a slot is free; do not wait for it to finish."""
+        self.slots.acquire()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: concurrent.futures.Future) -> None:
+        self.slots.release()
+        if not future.cancelled() and future.exception() is not None:
+            log.error("execution failed in the worker", exc_info=future.exception())
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -71,6 +90,8 @@ def make_queue(runtime: "Runtime", path: Path, settings: "Settings"):
     def run_execution(execution_id: str) -> None:
         if runtime.loop_thread is None:
             raise RuntimeError("the worker's event loop is not running")
-        runtime.loop_thread.run(runtime.run_execution(execution_id))
+        # Not awaited: the execution is durable in runs.db; if this process dies before it is
+        # claimed, start-up recovery queues every 'queued' execution again.
+        runtime.loop_thread.submit(runtime.run_execution(execution_id))
 
     return huey, run_execution

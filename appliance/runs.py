@@ -70,34 +70,31 @@ class RunStore:
 
     # -- the engine port -------------------------------------------------------------------------
     async def commit(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
-        await self.db.awrite(self._commit_fn(ref, steps, finish))
-        ref.persisted = True
+        """Write a run's new steps (and how it ended) in the next group commit.
 
-    def commit_sync(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
-        self.db.write(self._commit_fn(ref, steps, finish))
-        ref.persisted = True
-
-    @staticmethod
-    def _commit_fn(ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None):
+        The execution row and the steps go as rows (batched across runs by the writer); the status
+        change of an already stored execution is an UPDATE after them.
+        """
         row = None if ref.persisted else ref.row
+        update = None
         if finish is not None:
             now = time.time()
             final = (finish.status, finish.output_json, json.dumps(finish.error) if finish.error else None,
                      finish.resume_at, now if finish.status in FINAL else None)
-            if row is not None:  # a whole run in one commit: insert the row as it ended
+            if row is not None:  # the whole run in one commit: insert the row as it ended
                 row = {**row, **dict(zip(("status", "output", "error", "resume_at", "finished_at"), final))}
-        step_rows = [_step_params(ref, s) for s in steps]
-
-        def write(conn: sqlite3.Connection) -> None:
-            if row is not None:
-                conn.execute(EXEC_SQL, row)
-            if step_rows:
-                conn.executemany(STEP_SQL, step_rows)
-            if finish is not None and row is None:
-                conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
-                             "updated_at=? WHERE id=? AND status NOT IN ('succeeded', 'failed', 'cancelled')",
-                             (*final, now, ref.id))
-        return write
+            else:
+                def update(conn: sqlite3.Connection) -> None:
+                    conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
+                                 "updated_at=? WHERE id=? AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+                                 (*final, now, ref.id))
+        rows = []
+        if row is not None:
+            rows.append((EXEC_SQL, [row]))
+        if steps:
+            rows.append((STEP_SQL, [_step_params(ref, s) for s in steps]))
+        await self.db.awrite(update, rows)
+        ref.persisted = True
 
     # -- creating and claiming ---------------------------------------------------------------------
     def insert(self, row: dict[str, Any]) -> bool:
@@ -114,7 +111,7 @@ class RunStore:
         return self.db.write(write)
 
     async def ainsert(self, row: dict[str, Any]) -> None:
-        await self.db.awrite(lambda conn: conn.execute(EXEC_SQL, row))
+        await self.db.awrite(None, [(EXEC_SQL, [row])])
 
     async def claim(self, execution_id: str, owner: str, status: str, previous_owner: str | None) -> bool:
         """Take an execution to run here if it is still as it was read (status and owner); else False."""

@@ -26,13 +26,15 @@ from engine import (
 
 from . import schema
 from .catalog import Catalog, FlowRow, NotFound
-from .db import Database, migrate, pending_migrations
+from .db import Database, Writer, migrate, pending_migrations
 from .queue import make_queue
 from .runs import RunStore, execution_row
 from .settings import Settings
 from .vault import Vault
 
 log = logging.getLogger("flowfuse")
+#: Huey's own statement for a new message (SqliteStorage.enqueue), batched by our writer.
+ENQUEUE_SQL = "INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)"
 _decode = msgspec.json.decode
 
 
@@ -84,6 +86,7 @@ class Runtime:
         self.huey, self._task = make_queue(self, data / "queue.db", settings)
         #: Executions running in this process: id -> (task, run) so they can be cancelled.
         self.active: dict[str, tuple[asyncio.Task, Run]] = {}
+        self._queue_writer: Writer | None = None
         #: The worker's engine loop (Huey threads hand it coroutines); None outside the worker.
         self.loop_thread = None
 
@@ -99,16 +102,29 @@ class Runtime:
     def close(self) -> None:
         self.control.close()
         self.runs_db.close()
+        if self._queue_writer is not None:
+            self._queue_writer.close()
 
     # -- starting executions ----------------------------------------------------------------------------
     def tenant_id(self, slug: str | None) -> str:
         return self.catalog.tenant(slug or "default")["id"]
 
+    def _message(self, execution_id: str, eta: float | None) -> bytes:
+        when = dt.datetime.fromtimestamp(eta, dt.timezone.utc) if eta else None
+        return self.huey.serialize_task(self._task.s(execution_id, eta=when))
+
     def enqueue(self, execution_id: str, eta: float | None = None) -> None:
-        if eta is None:
-            self._task(execution_id)
-        else:
-            self._task.schedule(args=(execution_id,), eta=dt.datetime.fromtimestamp(eta, dt.timezone.utc))
+        """Hand an execution to the worker (at `eta`, epoch seconds, if given)."""
+        self.huey.storage.enqueue(self._message(execution_id, eta), None)
+
+    async def aenqueue(self, execution_id: str, eta: float | None = None) -> None:
+        """`enqueue` for coroutines: messages queued at the same moment share one commit to queue.db."""
+        if self._queue_writer is None:
+            opts = self.settings.storage
+            self._queue_writer = Writer(self.settings.data_dir / "queue.db", opts.synchronous.upper(),
+                                        opts.busy_timeout_ms, opts.group_commit_max)
+        row = (self.huey.storage.name, self._message(execution_id, eta), 0)
+        await self._queue_writer.awrite(None, [(ENQUEUE_SQL, [row])])
 
     def queue_execution(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
                         dedup_key: str | None = None, parent_id: str | None = None) -> Started:
@@ -124,7 +140,7 @@ class Runtime:
         row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
                             trigger=trigger, items=items, meta=meta)
         await self.runs.ainsert(row)
-        await asyncio.to_thread(self.enqueue, row["id"])
+        await self.aenqueue(row["id"])
         return row["id"]
 
     async def run_inline(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
@@ -179,7 +195,7 @@ class Runtime:
 
     async def _after(self, run: Run, outcome: Outcome) -> None:
         if outcome.status == WAITING and outcome.resume_at is not None:
-            await asyncio.to_thread(self.enqueue, run.ref.id, outcome.resume_at)
+            await self.aenqueue(run.ref.id, outcome.resume_at)
         elif outcome.status == FAILED and run.flow.error_flow and run.trigger != "error":
             await asyncio.to_thread(self._start_error_flow, run, outcome)
 

@@ -61,8 +61,10 @@ class Engine:
 
 @dataclass
 class Worker:
-    threads: int = 16
-    "Huey consumer threads, i.e. executions the worker runs at the same time."
+    threads: int = 4
+    "Huey consumer threads: they take messages off the queue and hand them to the engine."
+    concurrency: int = 64
+    "Executions the worker runs at the same time (in one event loop); more wait in the queue."
     poll_interval_s: float = 0.01
     "How often an idle consumer first polls the queue."
     max_poll_interval_s: float = 0.25
@@ -110,7 +112,10 @@ class Settings:
 SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
 
 
-def _coerce(value: Any, kind: type, where: str) -> Any:
+def _coerce(value: Any, kind: type, where: str, text: bool = True) -> Any:
+    """`value` as `kind`; with `text`, a string may stand for a number (environment variables), not in TOML."""
+    if not text and isinstance(value, str) and kind is not str:
+        raise SettingsError(f"{where} must be {kind.__name__}, got {value!r}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -135,14 +140,14 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
 
 
 def _apply(settings: Settings, section: str, key: str, value: Any, where: str,
-           origins: dict[str, str] | None = None) -> None:
+           origins: dict[str, str] | None = None, text: bool = True) -> None:
     if section not in SECTIONS:
         raise SettingsError(f"{where}: unknown section [{section}] (sections: {', '.join(SECTIONS)})")
     target = getattr(settings, section)
     hints = get_type_hints(type(target))
     if key not in hints:
         raise SettingsError(f"{where}: unknown key {section}.{key} (keys of [{section}]: {', '.join(hints)})")
-    setattr(target, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
+    setattr(target, key, _coerce(value, hints[key], f"{where}: {section}.{key}", text))
     if origins is not None:
         origins[f"{section}.{key}"] = where
 
@@ -169,7 +174,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
             if not isinstance(values, dict):
                 raise SettingsError(f"{file}: {section} must be a [section] table")
             for key, value in values.items():
-                _apply(settings, section, key, value, str(file), origins)
+                _apply(settings, section, key, value, str(file), origins, text=False)
         settings.source = str(file)
     for name, value in env.items():
         if not name.startswith("FLOWFUSE_") or name == "FLOWFUSE_CONFIG":
@@ -196,7 +201,7 @@ def _check(settings: Settings, origins: dict[str, str]) -> None:
     if not 0 < settings.server.port < 65536:
         raise SettingsError(f"{where('server.port')}: server.port must be between 1 and 65535")
     if settings.engine.checkpoint not in ("effects", "every_step"):
-        raise SettingsError(f"{where}: engine.checkpoint must be effects or every_step")
+        raise SettingsError(f"{where('engine.checkpoint')}: engine.checkpoint must be effects or every_step")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
 

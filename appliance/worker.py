@@ -156,7 +156,7 @@ class Housekeeper(threading.Thread):
 def run_worker(settings: Settings) -> None:
     """Run the worker in this (main) thread until SIGTERM or SIGINT."""
     runtime = Runtime(settings, role="worker")
-    runtime.loop_thread = EventLoopThread()
+    runtime.loop_thread = EventLoopThread(settings.worker.concurrency)
     runtime.use_loop(runtime.loop_thread.loop)
     runtime.runs.heartbeat(runtime.process_id, "worker")
     keeper = Housekeeper(runtime)
@@ -165,8 +165,8 @@ def run_worker(settings: Settings) -> None:
         workers=settings.worker.threads, worker_type="thread", periodic=False,
         initial_delay=settings.worker.poll_interval_s, backoff=1.15,
         max_delay=settings.worker.max_poll_interval_s, scheduler_interval=1, check_worker_health=True)
-    log.info("worker %s started: %d threads, queue %s", runtime.process_id, settings.worker.threads,
-             settings.data_dir / "queue.db")
+    log.info("worker %s started: %d consumer threads, %d executions at once, queue %s", runtime.process_id,
+             settings.worker.threads, settings.worker.concurrency, settings.data_dir / "queue.db")
     try:
         consumer.run()
     finally:

@@ -18,6 +18,7 @@ each flush is shared by every run that reached a commit point at the same moment
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import random
 import time
@@ -287,7 +288,10 @@ class Executor:
             state.outputs[node.id] = await self._run_step(state, node, items, [items], scope)
             return  # the whole loop was committed before: no need to walk its body again
         ctx = NodeContext(node, items, [items], state, 1, scope + node.id, None)
-        size = ctx.param("size")
+        try:
+            size = ctx.param("size", items[0] if items else None)
+        except (ExpressionError, NodeError) as exc:  # fails the node like any other param error
+            raise _Failed(node.id, str(exc)) from None
         if not isinstance(size, int) or size < 1:
             raise _Failed(node.id, f"size must be a whole number of at least 1, got {size!r}")
         returned: list[dict] = []
@@ -344,7 +348,7 @@ class Executor:
                                                error=str(exc)))
                 raise _Failed(node.id, str(exc)) from None
             except Exception as exc:  # the node failed: retry, route or fail the run
-                message = _describe(exc)
+                message = redact_text(_describe(exc), credential) if credential else _describe(exc)
                 ended = time.time()
                 if attempt < node.retry.max_attempts:
                     delay = backoff_delay(node.retry.backoff_s, node.retry.max_backoff_s, attempt)
@@ -450,14 +454,29 @@ def backoff_delay(base: float, cap: float, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def _secrets(credential: Mapping[str, Any]) -> list[str]:
+    """A credential's values, and the forms they travel in (a Basic auth header's base64)."""
+    found = [v for k, v in credential.items() if k != "type" and isinstance(v, str) and len(v) >= 4]
+    user, password = credential.get("username"), credential.get("password")
+    if isinstance(user, str) and isinstance(password, str):
+        found.append(base64.b64encode(f"{user}:{password}".encode()).decode())
+    return found
+
+
 def redact(encoded: bytes, credential: Mapping[str, Any]) -> bytes:
     """Replace every secret value of a credential found in a node's output JSON."""
-    for name, value in credential.items():
-        if name != "type" and isinstance(value, str) and len(value) >= 4:
-            needle = _encode(value)[1:-1]
-            if needle in encoded:
-                encoded = encoded.replace(needle, b"[redacted]")
+    for value in _secrets(credential):
+        needle = _encode(value)[1:-1]
+        if needle in encoded:
+            encoded = encoded.replace(needle, b"[redacted]")
     return encoded
+
+
+def redact_text(text: str, credential: Mapping[str, Any]) -> str:
+    """Replace every secret value of a credential found in an error message."""
+    for value in _secrets(credential):
+        text = text.replace(value, "[redacted]")
+    return text
 
 
 def _describe(exc: BaseException) -> str:

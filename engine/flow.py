@@ -142,6 +142,7 @@ def _params(spec: NodeType, raw: Any, errors: list[ValidationError], nid: str) -
         errors.append(ValidationError(nid, "params must be an object"))
         return {}
     compiled: dict[str, Compiled] = {}
+    errors_before = len(errors)
     for name in _unknown(raw, set(spec.params)):
         known = ", ".join(sorted(spec.params)) or "none"
         errors.append(ValidationError(nid, f"{spec.type} has no param {name!r} (its params: {known})"))
@@ -163,7 +164,7 @@ def _params(spec: NodeType, raw: Any, errors: list[ValidationError], nid: str) -
             compiled[name] = compile_value(value) if p.expression else Compiled(value, None)
         except ExpressionError as exc:
             errors.append(ValidationError(nid, f"param {name!r}: {exc}"))
-    if spec.validate and not errors:
+    if spec.validate and len(errors) == errors_before:  # this node's params are well-typed
         errors.extend(ValidationError(nid, m) for m in spec.validate(raw))
     return compiled
 
@@ -195,6 +196,7 @@ def compile_flow(doc: Any, registry: Registry, *, require_trigger: bool = True) 
         errors.append(ValidationError(None, "\"nodes\" must be a non-empty list"))
         raise FlowInvalid(errors)
     nodes: dict[str, Node] = {}
+    unusable: set[str] = set()  # ids of nodes already reported (e.g. an unknown type)
     for i, raw in enumerate(raw_nodes):
         if not isinstance(raw, dict):
             errors.append(ValidationError(None, f"nodes[{i}] must be an object"))
@@ -212,6 +214,7 @@ def compile_flow(doc: Any, registry: Registry, *, require_trigger: bool = True) 
         spec = registry.get(ntype) if isinstance(ntype, str) else None
         if spec is None:
             errors.append(ValidationError(nid, f"unknown node type {ntype!r}; known types: {', '.join(registry.names())}"))
+            unusable.add(nid)
             continue
         cred = raw.get("credential")
         if cred is not None and not (isinstance(cred, str) and cred):
@@ -233,6 +236,12 @@ def compile_flow(doc: Any, registry: Registry, *, require_trigger: bool = True) 
         for k in _unknown(e, EDGE_KEYS):
             errors.append(ValidationError(None, f"edges[{i}] has an unknown key {k!r}"))
         src, dst, out = e.get("from"), e.get("to"), e.get("output", "main")
+        if not all(isinstance(v, str) for v in (src, dst, out)):
+            errors.append(ValidationError(None, f"edges[{i}] needs \"from\" and \"to\" node ids (and \"output\" "
+                                                "a name, if given)"))
+            continue
+        if src in unusable or dst in unusable:
+            continue  # the node exists; its own error says what is wrong with it
         if src not in nodes:
             errors.append(ValidationError(src if isinstance(src, str) else None,
                                           f"edges[{i}] comes from a node that does not exist: {src!r}"))

@@ -191,6 +191,6 @@ class Hooks:
         except msgspec.DecodeError as exc:
             return await _send(send, 400, {"error": f"body is not valid JSON: {exc}"})
         await asyncio.to_thread(rt.runs.add_resume_payload, execution_id, row["tenant_id"], step["key"], items)
-        await asyncio.to_thread(rt.enqueue, execution_id)
+        await rt.aenqueue(execution_id)
         await _send(send, 202, {"execution_id": execution_id, "status": "resumed"})
 
