@@ -71,9 +71,12 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> Litestar:
 
 
 async def _heartbeat(runtime: Runtime) -> None:
+    """Report this process alive, and cancel the executions someone asked to cancel."""
     while True:
         try:
             await asyncio.to_thread(runtime.runs.heartbeat, runtime.process_id, "web")
+            for execution_id in runtime.runs.cancel_requested(runtime.process_id):
+                runtime.cancel_local(execution_id)
         except Exception:
             log.exception("heartbeat failed")
         await asyncio.sleep(runtime.settings.worker.heartbeat_s)
