@@ -112,10 +112,19 @@ def worker(ctx: click.Context, data_dir: str | None) -> None:
 @main.command("run")
 @click.argument("flow_file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_json", help="trigger items: a JSON object or a list of objects")
-def run_cmd(flow_file: str, input_json: str | None) -> None:
-    """Run FLOW_FILE in this process without a server; print the result as JSON."""
+@tenant_option
+@data_dir_option
+@click.pass_context
+def run_cmd(ctx: click.Context, flow_file: str, input_json: str | None, tenant: str | None,
+            data_dir: str | None) -> None:
+    """Run FLOW_FILE in this process without a server; print the result as JSON.
+
+    If the data directory is initialised, nodes can use its credentials, variables and flows.
+    """
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
     try:
-        status, result = commands.run_flow(commands.read_flow_file(flow_file), commands.parse_input(input_json))
+        status, result = commands.run_flow(commands.read_flow_file(flow_file), commands.parse_input(input_json),
+                                           settings, tenant)
     except commands.CommandError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from connectors import default_registry
 from engine import SUCCEEDED, ExecutionRef, Executor, FlowInvalid, Limits, MemoryStore, Run, compile_flow
-from .runs import step_view
+from .runs import new_id, step_view
 
 from .runtime import Runtime
 from .settings import Settings
@@ -55,19 +55,48 @@ def parse_input(text: str | None) -> list[dict]:
     raise CommandError("--input must be a JSON object or a list of objects")
 
 
-def run_flow(doc: Any, items: list[dict]) -> tuple[int, dict[str, Any]]:
-    """Run a flow document in this process, with nothing stored. Returns (exit status, result).
+class _LocalServices:
+    """What `flowfuse run` offers nodes from an initialised data directory: its credentials and
+    flows (for execute_flow). There is no resume URL: nothing outside this process can reach it."""
 
-    Exit status: 0 succeeded, 1 failed, 2 the flow is invalid. Waits are slept; nodes that need
-    the server (credentials, sub-flows, resume URLs) fail with a message saying so.
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def credential(self, tenant_id: str, name: str) -> dict[str, Any]:
+        return self.runtime.credential(tenant_id, name)
+
+    async def run_subflow(self, parent: ExecutionRef, name: str, items: list[dict], key: str) -> list[dict]:
+        return await self.runtime.run_subflow(parent, name, items, key)
+
+    def resume_url(self, ref: ExecutionRef) -> None:
+        return None
+
+
+def run_flow(doc: Any, items: list[dict], settings: Settings | None = None,
+             tenant: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Run a flow document in this process; its steps are not stored. Returns (exit status, result).
+
+    Exit status: 0 succeeded, 1 failed, 2 the flow is invalid. Waits are slept. With `settings`
+    whose data directory is initialised, nodes get its credentials, variables and flows (sub-flows
+    run and are recorded there); without, nodes that need them fail with a message saying so.
     """
     try:
         flow = compile_flow(doc, default_registry())
     except FlowInvalid as exc:
         return 2, {"status": "invalid", "errors": [e.as_dict() for e in exc.errors]}
-    executor = Executor(MemoryStore(), None, Limits(inline_wait_max_s=math.inf))
-    run = Run(ExecutionRef("local", "local"), flow, items, time.time(), trigger="manual")
-    outcome = asyncio.run(executor.run(run))
+    runtime = None
+    if settings is not None and (settings.data_dir / "flowfuse.db").exists():
+        runtime = Runtime(settings, role="cli")
+    try:
+        tenant_id = runtime.tenant_id(tenant) if runtime else "local"
+        executor = Executor(MemoryStore(), _LocalServices(runtime) if runtime else None,
+                            Limits(inline_wait_max_s=math.inf))
+        run = Run(ExecutionRef("local-" + new_id(), tenant_id), flow, items, time.time(), trigger="manual",
+                  vars=runtime.catalog.variables(tenant_id) if runtime else {})
+        outcome = asyncio.run(executor.run(run))
+    finally:
+        if runtime is not None:
+            runtime.close()
     result: dict[str, Any] = {"status": outcome.status, "steps": [step_view(s) for s in outcome.steps],
                               "output": outcome.output}
     if outcome.error:

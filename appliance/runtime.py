@@ -86,6 +86,8 @@ class Runtime:
         self.huey, self._task = make_queue(self, data / "queue.db", settings)
         #: Executions running in this process: id -> (task, run) so they can be cancelled.
         self.active: dict[str, tuple[asyncio.Task, Run]] = {}
+        #: Executions being claimed by `run_execution` (not yet in `active`).
+        self._claiming: set[str] = set()
         self._queue_writer: Writer | None = None
         #: The worker's engine loop (Huey threads hand it coroutines); None outside the worker.
         self.loop_thread = None
@@ -160,8 +162,22 @@ class Runtime:
     # -- running queued executions (the worker) -----------------------------------------------------------
     async def run_execution(self, execution_id: str) -> Outcome | None:
         """Run or resume a recorded execution unless it is finished or running elsewhere."""
-        if execution_id in self.active:
+        if execution_id in self.active or execution_id in self._claiming:
             return None
+        # Reserved until it is in `active`: a duplicate message handled while the claim below commits
+        # would otherwise read the row as running here and claim it a second time.
+        self._claiming.add(execution_id)
+        try:
+            run = await self._claim(execution_id)
+        finally:
+            self._claiming.discard(execution_id)
+        if run is None:
+            return None
+        outcome = await self._execute(run)
+        await self._after(run, outcome)
+        return outcome
+
+    async def _claim(self, execution_id: str) -> Run | None:
         loaded = self.runs.load(execution_id)
         if loaded is None or loaded.row["status"] in FINAL:
             return None
@@ -181,9 +197,7 @@ class Runtime:
         meta = json.loads(row["meta"]) if row["meta"] else {}
         run = Run(ref, flow, loaded.items, row["created_at"], trigger=row["trigger"], steps=loaded.steps,
                   resume_items=loaded.resume_items, vars=self.catalog.variables(row["tenant_id"]), meta=meta)
-        outcome = await self._execute(run)
-        await self._after(run, outcome)
-        return outcome
+        return run
 
     async def _execute(self, run: Run) -> Outcome:
         task = asyncio.current_task()
@@ -242,11 +256,14 @@ class Runtime:
         dedup = f"subflow:{key}"
         existing = self.runs_db.one("SELECT id, status FROM executions WHERE dedup_key=?", (dedup,))
         if existing is not None:  # the parent is being replayed after a crash: reuse the child
-            outcome = await self.run_execution(existing["id"])
             child_id = existing["id"]
-            if outcome is None:
+            while (outcome := await self.run_execution(child_id)) is None:
                 shown = self.runs.show(child_id)
-                outcome = Outcome(shown["status"], output=shown["output"] or [], error=shown["error"])
+                if shown["status"] in FINAL or shown["status"] == WAITING:
+                    outcome = Outcome(shown["status"], output=shown["output"] or [], error=shown["error"])
+                    break
+                # Being run by another message (recovery queues orphaned children too): wait for its end.
+                await asyncio.sleep(0.1)
         else:
             child_id, outcome = await self.run_inline(flow, "subflow", items, parent_id=parent.id, dedup_key=dedup)
         if outcome.status == SUCCEEDED:

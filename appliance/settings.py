@@ -204,6 +204,15 @@ def _check(settings: Settings, origins: dict[str, str]) -> None:
         raise SettingsError(f"{where('engine.checkpoint')}: engine.checkpoint must be effects or every_step")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
+    for section in SECTIONS:  # every number is a size, a count or a duration: above 0 (catch_up: 0 allowed)
+        obj = getattr(settings, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                key = f"{section}.{f.name}"
+                if value < 0 or (value == 0 and key != "schedule.catch_up"):
+                    least = "0 or more" if key == "schedule.catch_up" else "above 0"
+                    raise SettingsError(f"{where(key)}: {key} must be {least}, got {value}")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:

@@ -56,7 +56,8 @@ async def _execute_flow(ctx: NodeContext, items: list[dict]) -> list[dict]:
         raise NodeError("input must be an object or a list of objects")
     runner = getattr(ctx.services, "run_subflow", None)
     if runner is None:
-        raise NodeError("calling another flow needs the flow catalogue; import the flows and use the server or CLI")
+        raise NodeError("calling another flow needs a data directory with that flow: import it and pass "
+                        "--data-dir to `flowfuse run`")
     return await runner(ctx.run.ref, name, payload, ctx.idempotency_key)
 
 

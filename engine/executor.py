@@ -393,7 +393,8 @@ class Executor:
         if not node.credential:
             return None
         if self.services is None:
-            raise _Failed(node.id, f"credential {node.credential!r} is not available when running without a server")
+            raise _Failed(node.id, f"credential {node.credential!r} is not available without a data directory "
+                                    "(pass --data-dir to `flowfuse run`)")
         try:
             return self.services.credential(state.run.ref.tenant_id, node.credential)
         except LookupError as exc:

@@ -5,8 +5,10 @@ dict); any other string with `{{ }}` in it renders to a string. Only `{{ }}` is 
 statements (`{% %}`) and comments are plain text, so a param cannot define macros or loops.
 
 The sandbox stops attribute walks (`__class__`, `__globals__`, ...). On top of it this module caps
-what an expression can allocate (string and list repetition, `**`, padding and width arguments)
-so that a hostile expression fails its node with a clear error instead of exhausting memory.
+what one operation can allocate (string and list repetition, `**`, padding and width arguments,
+replace and join) and what one evaluation builds in all (MAX_TOTAL), so that a hostile expression
+fails its node with a clear error instead of exhausting memory. On a dict, `a.b` reads the key `b`
+before any method of that name, so `json.items` is the data's field.
 Every template is compiled once (per flow version) and the compiled value is reused.
 """
 
