@@ -455,9 +455,14 @@ def backoff_delay(base: float, cap: float, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+#: Credential fields that name things rather than prove anything (a user name, a header's name).
+_NOT_SECRET = frozenset({"type", "username", "name"})
+
+
 def _secrets(credential: Mapping[str, Any]) -> list[str]:
     """A credential's values, and the forms they travel in (a Basic auth header's base64)."""
-    found = [v for k, v in credential.items() if k != "type" and isinstance(v, str) and len(v) >= 4]
+    found = [v for k, v in credential.items()
+             if k not in _NOT_SECRET and isinstance(v, str) and len(v) >= 4]
     user, password = credential.get("username"), credential.get("password")
     if isinstance(user, str) and isinstance(password, str):
         found.append(base64.b64encode(f"{user}:{password}".encode()).decode())
