@@ -15,7 +15,6 @@ import collections
 import concurrent.futures
 import fcntl
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -36,7 +35,6 @@ def connect(path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
-    if os.environ.get("XCKPT"): conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
 
 

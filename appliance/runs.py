@@ -23,8 +23,8 @@ from .db import Database
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
-STEP_SQL = ("INSERT INTO steps (execution_id, tenant_id, key, node, attempt, status, input_count, output, error, "
-            "resume_at, truncated, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+STEP_SQL = ("INSERT INTO steps (execution_id, seq, tenant_id, key, node, attempt, status, input_count, output, "
+            "error, resume_at, truncated, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 EXEC_SQL = ("INSERT INTO executions (id, tenant_id, flow_id, flow_name, flow_version, status, trigger, input, meta, "
             "output, error, parent_id, dedup_key, resume_at, owner, created_at, finished_at, updated_at) VALUES "
             "(:id, :tenant_id, :flow_id, :flow_name, :flow_version, :status, :trigger, :input, :meta, :output, :error, "
@@ -60,7 +60,7 @@ def execution_row(*, tenant_id: str, flow_id: str | None, flow_name: str, flow_v
 
 
 def _step_params(ref: ExecutionRef, s: StepRecord) -> tuple:
-    return (ref.id, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count, s.outputs_json, s.error,
+    return (ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count, s.outputs_json, s.error,
             s.resume_at, int(s.truncated), s.started_at, s.ended_at)
 
 
@@ -142,8 +142,8 @@ class RunStore:
         steps = [StepRecord(key=r["key"], node=r["node"], attempt=r["attempt"], status=r["status"],
                             input_count=r["input_count"], started_at=r["started_at"], ended_at=r["ended_at"],
                             outputs_json=r["output"], error=r["error"], resume_at=r["resume_at"],
-                            truncated=bool(r["truncated"]))
-                 for r in self.db.query("SELECT * FROM steps WHERE execution_id=? ORDER BY id", (execution_id,))]
+                            truncated=bool(r["truncated"]), seq=r["seq"])
+                 for r in self.db.query("SELECT * FROM steps WHERE execution_id=? ORDER BY seq", (execution_id,))]
         resume = {r["key"]: _decode(r["items"]) for r in
                   self.db.query("SELECT key, items FROM resume_payloads WHERE execution_id=?", (execution_id,))}
         return Loaded(row, steps, resume)

@@ -146,12 +146,13 @@ class Runtime:
         return row["id"]
 
     async def run_inline(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
-                         parent_id: str | None = None, dedup_key: str | None = None) -> tuple[str, Outcome]:
+                         parent_id: str | None = None, dedup_key: str | None = None,
+                         execution_id: str | None = None) -> tuple[str, Outcome]:
         """Run a new execution in this process (synchronous webhooks, `flowfuse run`, sub-flows)."""
         compiled = self.catalog.compiled(flow.id, flow.version)
         row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
                             trigger=trigger, items=items, status=RUNNING, meta=meta, parent_id=parent_id,
-                            dedup_key=dedup_key, owner=self.process_id)
+                            dedup_key=dedup_key, owner=self.process_id, id=execution_id)
         ref = ExecutionRef(row["id"], flow.tenant_id, flow.id, persisted=False, row=row)
         run = Run(ref, compiled, items, row["created_at"], trigger=trigger, vars=self.catalog.variables(flow.tenant_id),
                   meta=meta or {})

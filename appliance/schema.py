@@ -86,15 +86,15 @@ def _runs_0001(db) -> None:
         created_at REAL NOT NULL,
         finished_at REAL,
         updated_at REAL NOT NULL
-    );
+    ) WITHOUT ROWID;
     CREATE UNIQUE INDEX executions_dedup ON executions (dedup_key) WHERE dedup_key IS NOT NULL;
     CREATE INDEX executions_tenant ON executions (tenant_id, id);
     CREATE INDEX executions_flow ON executions (tenant_id, flow_id, id);
     CREATE INDEX executions_status ON executions (tenant_id, status, id);
     CREATE INDEX executions_unfinished ON executions (status, owner) WHERE status IN ('queued', 'running', 'waiting');
     CREATE TABLE steps (
-        id INTEGER PRIMARY KEY,
         execution_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
         tenant_id TEXT NOT NULL,
         key TEXT NOT NULL,
         node TEXT NOT NULL,
@@ -106,9 +106,9 @@ def _runs_0001(db) -> None:
         resume_at REAL,
         truncated INTEGER NOT NULL DEFAULT 0,
         started_at REAL NOT NULL,
-        ended_at REAL NOT NULL
-    );
-    CREATE INDEX steps_execution ON steps (execution_id, id);
+        ended_at REAL NOT NULL,
+        PRIMARY KEY (execution_id, seq)
+    ) WITHOUT ROWID;
     CREATE TABLE resume_payloads (
         execution_id TEXT NOT NULL,
         tenant_id TEXT NOT NULL,

@@ -213,6 +213,7 @@ class _State:
         self.order: list[str] = []  # keys of steps that ran or were replayed, in order
         for step in run.steps:  # in commit order: the latest record of a key wins
             self.done[step.key] = step
+        self.next_seq = run.steps[-1].seq + 1 if run.steps else 0
         timeout = run.flow.timeout_s
         self.deadline = run.started_at + timeout if timeout else math.inf
         self.execution_info = _ExecutionInfo(run, services)
@@ -258,6 +259,8 @@ class Executor:
             await self.store.commit(state.run.ref, steps, None)
 
     def _record(self, state: _State, step: StepRecord) -> None:
+        step.seq = state.next_seq
+        state.next_seq += 1
         state.pending.append(step)
         state.done[step.key] = step
         if step.key not in state.order:

@@ -34,6 +34,8 @@ class StepRecord:
     resume_at: float | None = None
     #: Output was over the size limit: stored truncated, and re-run on resume.
     truncated: bool = False
+    #: Position among the execution's step records (set by the executor when recorded).
+    seq: int = 0
 
 
 @dataclass

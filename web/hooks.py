@@ -9,13 +9,15 @@ message in the queue. Unknown path 404, wrong method 405, malformed JSON 400, bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import msgspec
 
+from appliance.runs import new_id
 from appliance.runtime import Runtime
 from engine import CANCELLED, FAILED, SUCCEEDED, WAITING, Outcome
 
@@ -117,11 +119,16 @@ class Hooks:
         self.background: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except Exception:
+            log.exception("webhook %s %s failed", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):  # fails harmlessly if the answer had already started
+                await _send(send, 500, {"error": "internal error; the server log has the details"})
+
+    async def _handle(self, scope, receive, send) -> None:
         rt = self.runtime
-        # The request line as sent: Litestar's mount rewrites scope["path"] (prefix off, "/" added).
-        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").partition("?")[0]
-        tenant, _, hook_path = path.removeprefix("/hooks/").partition("/")
-        tenant, hook_path = unquote(tenant), unquote(hook_path)
+        tenant, _, hook_path = scope["path"].removeprefix("/hooks/").partition("/")
         if hook_path.startswith("_resume/"):
             return await self._resume(scope, receive, send, tenant, hook_path)
         flow = rt.catalog.route(tenant, hook_path) if rt and tenant and hook_path else None
@@ -135,15 +142,12 @@ class Hooks:
             body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
         except _TooLarge:
             return await _send(send, 413, {"error": f"body is larger than {rt.settings.server.max_body_bytes} bytes"})
-        headers = {}
-        content_type = ""
-        for k, v in scope["headers"]:
-            name = k.decode("latin-1")
-            if name == "content-type":
-                content_type = v.decode("latin-1").lower()
-            if name not in SECRET_HEADERS:
-                headers[name] = v.decode("latin-1")
-        query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        content_type = headers.get("content-type", "").lower()
+        for name in SECRET_HEADERS.intersection(headers):
+            del headers[name]
+        qs = scope["query_string"]
+        query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(qs.decode("latin-1")).items()} if qs else {}
         try:
             items = _items(body, content_type, query)
         except msgspec.DecodeError as exc:
@@ -154,15 +158,25 @@ class Hooks:
             execution_id = await rt.aqueue_execution(flow, "webhook", items, meta)
             return await _send(send, 202, {"execution_id": execution_id, "status": "queued"},
                                [(b"x-flowfuse-execution", execution_id.encode())])
-        task = asyncio.ensure_future(rt.run_inline(flow, "webhook", items, meta))
-        try:
-            execution_id, outcome = await asyncio.wait_for(asyncio.shield(task), rt.settings.server.sync_timeout_s)
-        except asyncio.TimeoutError:
+        execution_id = new_id()
+        answered = False
+
+        def answer_early() -> None:  # still running at sync_timeout_s: say so, and let it finish
+            nonlocal answered
+            answered = True
+            task = asyncio.ensure_future(_send(send, 202, {"execution_id": execution_id, "status": "running"},
+                                               [(b"x-flowfuse-execution", execution_id.encode())]))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
-            return await _send(send, 202, {"status": "running", "message": "still running; see the execution list"})
-        status, payload, extra = _response(execution_id, outcome)
-        await _send(send, status, payload, extra)
+
+        timer = asyncio.get_running_loop().call_later(rt.settings.server.sync_timeout_s, answer_early)
+        try:
+            _, outcome = await rt.run_inline(flow, "webhook", items, meta, execution_id=execution_id)
+        finally:
+            timer.cancel()
+        if not answered:
+            status, payload, extra = _response(execution_id, outcome)
+            await _send(send, status, payload, extra)
 
     async def _resume(self, scope, receive, send, tenant: str, hook_path: str) -> None:
         rt = self.runtime
@@ -178,7 +192,7 @@ class Hooks:
         if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(rt.vault.sign("resume", execution_id), token):
             return await _send(send, 404, {"error": "unknown resume URL"})
         step = rt.runs_db.one("SELECT key FROM steps WHERE execution_id=? AND status='waiting' AND resume_at IS NULL "
-                              "ORDER BY id DESC LIMIT 1", (execution_id,))
+                              "ORDER BY seq DESC LIMIT 1", (execution_id,))
         if row["status"] != WAITING or step is None:
             return await _send(send, 409, {"error": f"execution {execution_id} is {row['status']}, not waiting "
                                                     "for its resume URL"})
