@@ -108,6 +108,11 @@ class Writer:
         self.commits = self.writes = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checkpointer: Checkpointer | None = None
+        if loop is not None:  # keep checkpoints (and their fsync) off the loop: see Checkpointer
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back after a burst
+            self._checkpointer = Checkpointer(path, synchronous, busy_timeout_ms)
         if loop is None:
             self._thread = threading.Thread(target=self._thread_loop, name=f"writer:{path.name}", daemon=True)
             self._thread.start()
@@ -160,6 +165,8 @@ class Writer:
         """Commit what is queued, then close. Call when the loop (if any) no longer runs callbacks."""
         with self._lock:
             self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         if self._thread is not None:
             self._wake.set()
             self._thread.join(timeout=10)
@@ -247,6 +254,38 @@ class Writer:
                 loop.call_soon_threadsafe(_settle, jobs)
             except RuntimeError:
                 pass  # that loop has closed; nobody is waiting any more
+
+
+class Checkpointer(threading.Thread):
+    """Copies the WAL into the database file about once a second, from its own connection.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses the WAL size limit and, at
+    synchronous=NORMAL, is the only place that calls fsync: on a writer bound to the event loop
+    that would stall every request in flight. A PASSIVE checkpoint here never blocks the writer;
+    sqlite3 releases the GIL while it works.
+    """
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout_ms: int, interval_s: float = 1.0):
+        super().__init__(name=f"checkpoint:{path.name}", daemon=True)
+        self.path, self._opts, self.interval_s = path, (synchronous, busy_timeout_ms), interval_s
+        self._stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        conn = connect(self.path, *self._opts)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.exception("checkpoint of %s failed; trying again", self.path.name)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
 
 
 def _settle_one(job: _Job) -> None:

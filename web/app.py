@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         runtime.use_loop(asyncio.get_running_loop())
         hooks.runtime = state["runtime"] = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
+        gc.freeze()  # what start-up made lives for good: keep it out of every garbage collection
         try:
             yield
         finally:
