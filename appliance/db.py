@@ -268,13 +268,13 @@ class Checkpointer(threading.Thread):
     def __init__(self, path: Path, synchronous: str, busy_timeout_ms: int, interval_s: float = 1.0):
         super().__init__(name=f"checkpoint:{path.name}", daemon=True)
         self.path, self._opts, self.interval_s = path, (synchronous, busy_timeout_ms), interval_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.start()
 
     def run(self) -> None:
         conn = connect(self.path, *self._opts)
         try:
-            while not self._stop.wait(self.interval_s):
+            while not self._halt.wait(self.interval_s):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
@@ -284,7 +284,7 @@ class Checkpointer(threading.Thread):
             conn.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
