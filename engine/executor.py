@@ -210,7 +210,7 @@ class _State:
         self.pending: list[StepRecord] = []
         self.done: dict[str, StepRecord] = {}
         self.response: dict[str, Any] | None = None
-        self.order: list[str] = []  # keys of steps that ran or were replayed, in order
+        self.order: dict[str, None] = {}  # keys of steps that ran or were replayed, in order
         for step in run.steps:  # in commit order: the latest record of a key wins
             self.done[step.key] = step
         self.next_seq = run.steps[-1].seq + 1 if run.steps else 0
@@ -263,8 +263,7 @@ class Executor:
         state.next_seq += 1
         state.pending.append(step)
         state.done[step.key] = step
-        if step.key not in state.order:
-            state.order.append(step.key)
+        state.order[step.key] = None
 
     async def _run_nodes(self, state: _State, order: list[str], owner: str | None, scope: str) -> None:
         flow = state.run.flow
@@ -315,8 +314,7 @@ class Executor:
         attempt = 1
         if prev is not None:
             if prev.status == SUCCEEDED and not prev.truncated:
-                if key not in state.order:
-                    state.order.append(key)
+                state.order[key] = None
                 return _decode(prev.outputs_json)
             if prev.status == WAITING:
                 return await self._resume_wait(state, node, items, key, prev)
