@@ -54,7 +54,9 @@ class CronScheduler:
         trigger = next(n for n in flow.doc["nodes"] if n["type"] == "schedule")
         cron, tz = trigger["params"]["cron"], trigger["params"].get("timezone") or "UTC"
         state = self.runtime.runs_db.one("SELECT last_due FROM schedule_state WHERE flow_id=?", (flow.id,))
-        start = max(state["last_due"] if state else now - settings.tick_s, flow.updated_at)
+        # From the last due time handled, or else from when the flow was saved or activated: looking
+        # back only one tick would miss due times that fall between two ticks and never fire them.
+        start = max(state["last_due"] if state else flow.updated_at, flow.updated_at)
         it = croniter(cron, dt.datetime.fromtimestamp(start, zoneinfo.ZoneInfo(tz)))
         due: list[float] = []
         nxt = it.get_next(float)

@@ -153,6 +153,11 @@ def server(tmp_path):
     srv.stop()
 
 
+class _PeerServer(ThreadingHTTPServer):
+    #: The default listen backlog (5) resets connections when many executions call the peer at once.
+    request_queue_size = 128
+
+
 class Peer:
     """A real HTTP server on 127.0.0.1 that counts requests per path and can be told how to answer.
 
@@ -186,15 +191,18 @@ class Peer:
                 if delay:
                     time.sleep(delay)
                 payload = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller went away (killed or cancelled while this answer was delayed)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _PeerServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
