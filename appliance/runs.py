@@ -198,8 +198,10 @@ class RunStore:
         return [r["id"] for r in self.db.query(
             "SELECT id FROM executions WHERE status='waiting' AND resume_at IS NOT NULL AND resume_at <= ?", (now,))]
 
-    def queued(self) -> list[str]:
-        return [r["id"] for r in self.db.query("SELECT id FROM executions WHERE status='queued' ORDER BY id")]
+    def queued(self, created_before: float | None = None) -> list[str]:
+        return [r["id"] for r in self.db.query(
+            "SELECT id FROM executions WHERE status='queued' AND created_at < ? ORDER BY id",
+            (time.time() if created_before is None else created_before,))]
 
     # -- reading for people -----------------------------------------------------------------------------
     def list(self, tenant_id: str, flow_id: str | None = None, status: str | None = None, limit: int = 50,

@@ -123,6 +123,10 @@ class Housekeeper(threading.Thread):
             rt.enqueue(execution_id)
         for execution_id in rt.runs.due_waiting(time.time() - 5):
             rt.enqueue(execution_id)
+        if rt.huey.storage.queue_size() == 0:  # queued executions but no messages: a process died in between
+            for execution_id in rt.runs.queued(created_before=time.time() - 5):
+                log.info("queueing execution %s again: its message was lost", execution_id)
+                rt.enqueue(execution_id)
 
     def run(self) -> None:
         rt = self.runtime

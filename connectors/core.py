@@ -32,7 +32,7 @@ def _validate_schedule(params: Mapping[str, Any]) -> list[str]:
     errors = []
     cron = params.get("cron", "")
     if not croniter.is_valid(cron):
-        errors.append(f"param 'cron' {cron!r} is not a valid cron expression (five fields, e.g. '*/5 * * * *')")
+        errors.append(f"param 'cron' {cron!r} is not a valid cron expression (five fields, or six with seconds last; e.g. '*/5 * * * *')")
     tz = params.get("timezone") or "UTC"
     try:
         zoneinfo.ZoneInfo(tz)
