@@ -30,7 +30,7 @@ from .db import Database, Writer, migrate, pending_migrations
 from .queue import make_queue
 from .runs import RunStore, execution_row
 from .settings import Settings
-from .vault import Vault
+from .vault import Vault, load_or_create_key
 
 log = logging.getLogger("flowfuse")
 #: Huey's own statement for a new message (SqliteStorage.enqueue), batched by our writer.
@@ -57,7 +57,7 @@ def init_data_dir(settings: Settings) -> dict[str, Any]:
                "runs.db": migrate(data / "runs.db", schema.runs)}
     runtime = Runtime(settings, role="cli")
     try:
-        runtime.vault.aead  # creates flowfuse.key (0600) unless it exists or comes from the environment
+        load_or_create_key(runtime.vault.key_path)  # flowfuse.key (0600), unless given by the environment
         tenant = runtime.catalog.ensure_tenant()
     finally:
         runtime.close()

@@ -303,7 +303,7 @@ def _analyse_graph(nodes: dict[str, Node], edges: list[tuple[str, str, str]], er
         else:
             nodes[dst].inputs.append((src, out))
             nodes[src].is_leaf = False
-    for src, _, dst in back_edges:
+    for src, _, _ in back_edges:
         nodes[src].is_leaf = False
 
     for sib_id, body in bodies.items():

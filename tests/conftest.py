@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -45,6 +46,27 @@ def flowfuse(*args: str, env: dict[str, str] | None = None, input: str | None = 
     """Run the real `flowfuse` command line."""
     return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True,
                           env={**os.environ, **FAST_ENV, **(env or {})}, input=input, timeout=timeout, cwd=ROOT)
+
+
+def poll(condition, timeout: float = 20, what: Any = "condition", interval: float = 0.05):
+    """Wait until `condition()` is truthy and return its value; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what() if callable(what) else what} not reached after {timeout} s")
+
+
+def status(data_dir: Path, execution_id: str) -> str | None:
+    """An execution's status read straight from runs.db (cheap enough to poll)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'runs.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT status FROM executions WHERE id=?", (execution_id,)).fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 
 import httpx
 
-from conftest import Server, flowfuse, free_port
+from conftest import Server, flowfuse, free_port, poll, status
 
 STEPS = ["s1", "s2", "s3", "s4", "s5"]
 SLOW = "s3"
@@ -38,23 +37,8 @@ def slow_step(peer, name: str, delay: float = 1.5) -> None:
     peer.behave[f"/{name}/{SLOW}"] = lambda count, req: (200, {"step": SLOW, "count": count}, delay)
 
 
-def status(data_dir, execution_id: str) -> str | None:
-    conn = sqlite3.connect(f"file:{data_dir / 'runs.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute("SELECT status FROM executions WHERE id=?", (execution_id,)).fetchone()
-    finally:
-        conn.close()
-    return row[0] if row else None
 
 
-def poll(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached after {timeout} s")
 
 
 def wait_until_slow_step_in_flight(peer, name: str) -> None:

@@ -5,21 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 
 import httpx
 
-from conftest import Server, flowfuse, free_port
+from conftest import Server, flowfuse, free_port, poll
 
 
-def wait_until(condition, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached after {timeout} s")
 
 
 def status_of(url: str) -> int | None:
@@ -55,13 +46,13 @@ def test_readyz_follows_the_workers_heartbeat(server):
     worker = server.children()["worker"]
     os.kill(worker, signal.SIGSTOP)  # alive but silent: its heartbeat goes stale (after 3 s under FAST_ENV)
     try:
-        not_ready = wait_until(lambda: (r := httpx.get(server.url + "/readyz")).status_code == 503 and r,
+        not_ready = poll(lambda: (r := httpx.get(server.url + "/readyz")).status_code == 503 and r,
                                what="/readyz 503 with the worker stopped")
         assert any("worker" in p for p in not_ready.json()["problems"])
         assert httpx.get(server.url + "/healthz").status_code == 200  # the web process itself is fine
     finally:
         os.kill(worker, signal.SIGCONT)
-    wait_until(lambda: status_of(server.url + "/readyz") == 200, what="/readyz 200 after the worker continues")
+    poll(lambda: status_of(server.url + "/readyz") == 200, what="/readyz 200 after the worker continues")
     assert server.children()["worker"] == worker  # it was the same worker that came back, not a new one
 
 
@@ -71,16 +62,16 @@ def test_serve_restarts_a_killed_child(server):
     assert before["web"] != before["worker"] != server.proc.pid
 
     os.kill(before["worker"], signal.SIGKILL)
-    after_worker = wait_until(lambda: (c := server.children()).get("worker") not in (None, before["worker"]) and c,
+    after_worker = poll(lambda: (c := server.children()).get("worker") not in (None, before["worker"]) and c,
                               what="a new worker")
     assert after_worker["web"] == before["web"]
 
     os.kill(before["web"], signal.SIGKILL)
-    after_web = wait_until(lambda: (c := server.children()).get("web") not in (None, before["web"]) and c,
+    after_web = poll(lambda: (c := server.children()).get("web") not in (None, before["web"]) and c,
                            what="a new web process")
     assert after_web["worker"] == after_worker["worker"]
     # both answer again: the new web process is up and sees the new worker's heartbeat
-    wait_until(lambda: status_of(server.url + "/readyz") == 200, what="/readyz 200 after the restarts")
+    poll(lambda: status_of(server.url + "/readyz") == 200, what="/readyz 200 after the restarts")
     assert server.proc.poll() is None
 
 
@@ -108,12 +99,12 @@ def test_web_alone_is_ready_without_a_worker(tmp_path):
         assert httpx.get(web.url + "/healthz").status_code == 200
 
         # the web process that serve starts waits for a worker ...
-        not_ready = wait_until(lambda: (r := httpx.get(strict.url + "/readyz")).status_code == 503 and r,
+        not_ready = poll(lambda: (r := httpx.get(strict.url + "/readyz")).status_code == 503 and r,
                                what="/readyz 503 without a worker")
         assert any("worker" in p for p in not_ready.json()["problems"])
         # ... and is ready once one runs, in its own process
         worker = Server(data, 0).start("worker")
-        wait_until(lambda: status_of(strict.url + "/readyz") == 200, what="/readyz 200 once the worker runs")
+        poll(lambda: status_of(strict.url + "/readyz") == 200, what="/readyz 200 once the worker runs")
 
         # each stops on SIGTERM. uvicorn shuts down gracefully and then re-raises the signal it caught, and a
         # worker still starting its consumer has no handler yet: status 0 or "terminated by SIGTERM" both occur.

@@ -15,7 +15,7 @@ import time
 
 from croniter import croniter
 
-from conftest import flowfuse
+from conftest import flowfuse, poll
 
 
 def schedule_flow(name: str, cron: str, peer, timezone: str = "UTC") -> dict:
@@ -38,14 +38,6 @@ def fired(server, flow: str) -> list[dict]:
             for r in rows]
 
 
-def poll(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached after {timeout} s")
 
 
 def due_times(executions: list[dict]) -> list[dt.datetime]:

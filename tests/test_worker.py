@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import sqlite3
 import threading
 import time
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from appliance.runtime import Runtime
-from conftest import Server, flowfuse, free_port
+from conftest import Server, flowfuse, free_port, poll, status
 
 
 @pytest.fixture(scope="module")
@@ -50,35 +49,19 @@ def start(server, path: str, body: dict | None = None) -> str:
     return r.json()["execution_id"]
 
 
-def status(server, execution_id: str) -> str | None:
-    """The execution's status read straight from runs.db (fast enough to poll; the CLI checks the result)."""
-    conn = sqlite3.connect(f"file:{server.data_dir / 'runs.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute("SELECT status FROM executions WHERE id=?", (execution_id,)).fetchone()
-    finally:
-        conn.close()
-    return row[0] if row else None
 
 
-def poll(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what() if callable(what) else what} not reached after {timeout} s")
 
 
 def wait_status(server, execution_id: str, wanted: str, timeout: float = 20) -> None:
-    poll(lambda: status(server, execution_id) == wanted, timeout,
-         lambda: f"status {wanted!r} of {execution_id} (now {status(server, execution_id)!r})")
+    poll(lambda: status(server.data_dir, execution_id) == wanted, timeout,
+         lambda: f"status {wanted!r} of {execution_id} (now {status(server.data_dir, execution_id)!r})")
 
 
 def finished(server, execution_id: str, timeout: float = 30) -> dict:
     """Wait until the execution has ended, then show it with the CLI."""
-    poll(lambda: status(server, execution_id) in ("succeeded", "failed", "cancelled"), timeout,
-         lambda: f"the end of {execution_id} (now {status(server, execution_id)!r})")
+    poll(lambda: status(server.data_dir, execution_id) in ("succeeded", "failed", "cancelled"), timeout,
+         lambda: f"the end of {execution_id} (now {status(server.data_dir, execution_id)!r})")
     return server.execution(execution_id)
 
 
@@ -97,7 +80,7 @@ def test_async_webhooks_answer_202_and_the_worker_runs_every_one(server, peer):
     ], "edges": [{"from": "hook", "to": "forward"}]})
     ids = [start(server, "ingest", {"n": n}) for n in range(10)]
     assert len(set(ids)) == 10
-    poll(lambda: all(status(server, i) in ("succeeded", "failed") for i in ids), 30, "the end of all executions")
+    poll(lambda: all(status(server.data_dir, i) in ("succeeded", "failed") for i in ids), 30, "the end of all executions")
     assert sorted(json.loads(r["body"])["n"] for r in peer.of("/ingest")) == list(range(10))
     listed = server.executions("--flow", "ingest")
     assert sorted(e["id"] for e in listed) == sorted(ids)
@@ -163,11 +146,11 @@ def test_wait_for_the_resume_url(server, peer):
     assert resume_url.startswith(f"{server.url}/hooks/default/_resume/{execution_id}/"), resume_url
     wait_status(server, execution_id, "waiting")
     time.sleep(0.5)
-    assert status(server, execution_id) == "waiting"  # nothing resumes it but its URL
+    assert status(server.data_dir, execution_id) == "waiting"  # nothing resumes it but its URL
 
     wrong = httpx.post(resume_url.rsplit("/", 1)[0] + "/not-the-token", json={"by": "mallory"})
     assert wrong.status_code == 404
-    assert status(server, execution_id) == "waiting"
+    assert status(server.data_dir, execution_id) == "waiting"
 
     r = httpx.post(resume_url, json={"by": "alice", "ok": True})
     assert r.status_code == 202
@@ -367,7 +350,7 @@ def test_cancel_a_running_execution(server, peer):
     ], "edges": chain(hook("long-call"), {"id": "slow"}, {"id": "next"})})
     execution_id = start(server, "long-call")
     poll(lambda: peer.counts["/slow"] == 1, what="the slow request")
-    assert status(server, execution_id) == "running"
+    assert status(server.data_dir, execution_id) == "running"
     result = server.cli("executions", "cancel", execution_id)
     assert result.returncode == 0, result.stderr
     assert "was running" in result.stdout
@@ -395,11 +378,11 @@ def test_async_webhooks_are_queued_durably_while_no_worker_runs(tmp_path, peer):
         ], "edges": [{"from": "hook", "to": "send"}]})
         ids = [start(web, "backlog", {"n": n}) for n in range(20)]
         time.sleep(1)
-        assert [status(web, i) for i in ids] == ["queued"] * 20
+        assert [status(web.data_dir, i) for i in ids] == ["queued"] * 20
         assert peer.counts["/backlog"] == 0
 
         worker.start("worker")
-        poll(lambda: all(status(web, i) == "succeeded" for i in ids), 30, "the backlog drained")
+        poll(lambda: all(status(web.data_dir, i) == "succeeded" for i in ids), 30, "the backlog drained")
         # each ran once, although the worker queues every 'queued' execution again when it starts
         assert sorted(json.loads(r["body"])["n"] for r in peer.of("/backlog")) == list(range(20))
         assert {e["status"] for e in web.executions("--flow", "backlog")} == {"succeeded"}

@@ -189,7 +189,8 @@ class Hooks:
             tenant_id = rt.catalog.tenant(tenant)["id"]
         except LookupError:
             tenant_id = None
-        if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(rt.vault.sign("resume", execution_id), token):
+        expected = rt.vault.sign("resume", execution_id)
+        if row is None or row["tenant_id"] != tenant_id or not secrets.compare_digest(expected, token):
             return await _send(send, 404, {"error": "unknown resume URL"})
         step = rt.runs_db.one("SELECT key FROM steps WHERE execution_id=? AND status='waiting' AND resume_at IS NULL "
                               "ORDER BY seq DESC LIMIT 1", (execution_id,))
