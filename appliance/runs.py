@@ -75,6 +75,10 @@ class Loaded:
         return _decode(self.row["input"])
 
 
+class ClaimLost(Exception):
+    """The execution was cancelled, or taken by another process, before this one's claim committed."""
+
+
 class RunStore:
     """Writes and reads of runs.db. `commit` is the engine's ExecutionStore port."""
 
@@ -89,7 +93,9 @@ class RunStore:
         change of an already stored execution is an UPDATE after them.
         """
         row = None if ref.persisted else ref.row
-        update = None
+        update = claim = None
+        if ref.claim is not None:
+            claim = self._claim_fn(ref.id, *ref.claim)
         if finish is not None:
             now = time.time()
             final = (finish.status, finish.output_json, json.dumps(finish.error) if finish.error else None,
@@ -106,8 +112,25 @@ class RunStore:
             rows.append((EXEC_SQL, [row]))
         if steps:
             rows.append((STEP_SQL, [_step_params(ref, s) for s in steps]))
-        await self.db.awrite(update, rows)
+        fn = update
+        if claim is not None:
+            def fn(conn: sqlite3.Connection) -> None:
+                claim(conn)
+                if update is not None:
+                    update(conn)
+        await self.db.awrite(fn, rows)
         ref.persisted = True
+        ref.claim = None
+
+    @staticmethod
+    def _claim_fn(execution_id: str, status: str, previous_owner: str | None, owner: str):
+        def claim(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE executions SET status='running', owner=?, resume_at=NULL, updated_at=? "
+                               "WHERE id=? AND status=? AND owner IS ?",
+                               (owner, time.time(), execution_id, status, previous_owner))
+            if cur.rowcount != 1:
+                raise ClaimLost(f"execution {execution_id} changed before it could be claimed")
+        return claim
 
     # -- creating and claiming ---------------------------------------------------------------------
     def insert(self, row: dict[str, Any]) -> bool:
@@ -125,15 +148,6 @@ class RunStore:
 
     async def ainsert(self, row: dict[str, Any]) -> None:
         await self.db.awrite(None, [(EXEC_SQL, [row])])
-
-    async def claim(self, execution_id: str, owner: str, status: str, previous_owner: str | None) -> bool:
-        """Take an execution to run here if it is still as it was read (status and owner); else False."""
-        def write(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("UPDATE executions SET status='running', owner=?, resume_at=NULL, updated_at=? "
-                               "WHERE id=? AND status=? AND owner IS ?",
-                               (owner, time.time(), execution_id, status, previous_owner))
-            return cur.rowcount == 1
-        return await self.db.awrite(write)
 
     def load(self, execution_id: str) -> Loaded | None:
         row = self.db.one("SELECT * FROM executions WHERE id=?", (execution_id,))

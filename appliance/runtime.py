@@ -28,7 +28,7 @@ from . import schema
 from .catalog import Catalog, FlowRow, NotFound
 from .db import Database, Writer, migrate, pending_migrations
 from .queue import make_queue
-from .runs import RunStore, execution_row
+from .runs import ClaimLost, RunStore, execution_row
 from .settings import Settings
 from .vault import Vault, load_or_create_key
 
@@ -174,7 +174,10 @@ class Runtime:
             self._claiming.discard(execution_id)
         if run is None:
             return None
-        outcome = await self._execute(run)
+        try:
+            outcome = await self._execute(run)
+        except ClaimLost:
+            return None  # cancelled, or taken over, before it committed anything: nothing to do here
         await self._after(run, outcome)
         return outcome
 
@@ -191,10 +194,10 @@ class Runtime:
         if row["status"] == WAITING and row["resume_at"] and row["resume_at"] > time.time() + 0.01 \
                 and not loaded.resume_items:
             return None  # resumed too early (e.g. a duplicate message); its scheduled resume will come
-        if not await self.runs.claim(execution_id, self.process_id, row["status"], row["owner"]):
-            return None
         flow = self.catalog.compiled(row["flow_id"], row["flow_version"])
-        ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row))
+        # Claimed with the run's first commit (see ExecutionRef.claim): one commit fewer per execution.
+        ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row),
+                           claim=(row["status"], row["owner"], self.process_id))
         meta = json.loads(row["meta"]) if row["meta"] else {}
         run = Run(ref, flow, loaded.items, row["created_at"], trigger=row["trigger"], steps=loaded.steps,
                   resume_items=loaded.resume_items, vars=self.catalog.variables(row["tenant_id"]), meta=meta)

@@ -59,6 +59,10 @@ class ExecutionRef:
     persisted: bool = True
     #: Fields of the row for the first write when not persisted.
     row: dict[str, Any] = field(default_factory=dict)
+    #: (status, owner, new owner): the stored row must still have that status and owner at the next
+    #: commit, which then marks it running under the new owner. A claim made with the run's first
+    #: commit instead of a commit of its own; the store raises if the row changed meanwhile.
+    claim: tuple[str, str | None, str] | None = None
 
 
 class ExecutionStore(Protocol):
