@@ -212,10 +212,9 @@ class RunStore:
         return [r["id"] for r in self.db.query(
             "SELECT id FROM executions WHERE status='waiting' AND resume_at IS NOT NULL AND resume_at <= ?", (now,))]
 
-    def queued(self, created_before: float | None = None) -> list[str]:
+    def queued(self, created_before: float) -> list[str]:
         return [r["id"] for r in self.db.query(
-            "SELECT id FROM executions WHERE status='queued' AND created_at < ? ORDER BY id",
-            (time.time() if created_before is None else created_before,))]
+            "SELECT id FROM executions WHERE status='queued' AND created_at < ? ORDER BY id", (created_before,))]
 
     # -- reading for people -----------------------------------------------------------------------------
     def list(self, tenant_id: str, flow_id: str | None = None, status: str | None = None, limit: int = 50,

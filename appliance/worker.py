@@ -124,7 +124,9 @@ class Housekeeper(threading.Thread):
         for execution_id in rt.runs.due_waiting(time.time() - 5):
             rt.enqueue(execution_id)
         if rt.huey.storage.queue_size() == 0:  # queued executions but no messages: a process died in between
-            for execution_id in rt.runs.queued(created_before=time.time() - 5):
+            for execution_id in rt.runs.queued(created_before=time.time() - 1):
+                if execution_id in rt.active:
+                    continue  # taken off the queue and running here; claimed with its first commit
                 log.info("queueing execution %s again: its message was lost", execution_id)
                 rt.enqueue(execution_id)
 
@@ -132,8 +134,6 @@ class Housekeeper(threading.Thread):
         rt = self.runtime
         settings = rt.settings
         next_beat = next_recover = next_tick = 0.0
-        for execution_id in rt.runs.queued():  # messages may have been lost with a crash before enqueue
-            rt.enqueue(execution_id)
         while not self.stop_event.is_set():
             now = time.monotonic()
             try:
@@ -171,6 +171,7 @@ def run_worker(settings: Settings) -> None:
         workers=settings.worker.threads, worker_type="thread", periodic=False,
         initial_delay=settings.worker.poll_interval_s, backoff=1.15,
         max_delay=settings.worker.max_poll_interval_s, scheduler_interval=1, check_worker_health=True)
+    logging.getLogger("huey").setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # not two lines a task
     log.info("worker %s started: %d consumer threads, %d executions at once, queue %s", runtime.process_id,
              settings.worker.threads, settings.worker.concurrency, settings.data_dir / "queue.db")
     try:

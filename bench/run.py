@@ -231,21 +231,26 @@ def bench_async(base: Path, seconds: int) -> None:
     serve = Serve(data)
     try:
         url = f"{serve.url}/hooks/default/bench-async"
+        finished = "SELECT count(*) FROM executions WHERE status IN ('succeeded', 'failed')"
         start = time.monotonic()
         result = wrk(url, seconds)
+        load_end, done_at_load_end = time.monotonic(), count(data, finished)
         accepted = count(data, "SELECT count(*) FROM executions")
-        while count(data, "SELECT count(*) FROM executions WHERE status IN ('succeeded', 'failed')") < accepted:
+        while count(data, finished) < accepted:
             if time.monotonic() - start > seconds + 600:
                 raise SystemExit("the worker did not drain the queue in 10 minutes")
-            time.sleep(0.1)
+            time.sleep(0.05)
         drained = time.monotonic() - start
+        alone = (accepted - done_at_load_end) / max(1e-9, time.monotonic() - load_end)
         done = count(data, "SELECT count(*) FROM executions WHERE status='succeeded'")
     finally:
         serve.stop()
     print(f"3. Asynchronous webhooks drained through Huey, wrk -t1 -c50 -d{seconds}s ({result['requests']:,} "
           f"accepted with 202, {result['non2xx']} non-2xx)")
     line("accepted (202) per second", result["rps"], "req/s", "(no target)", True)
-    line("executions finished per second, sustained", done / drained, "exec/s", ">= 1,000", done / drained >= 1000)
+    line("finished per second, from first request to last finish", done / drained, "exec/s", ">= 1,000",
+         done / drained >= 1000)
+    line("finished per second after the load stopped (worker alone)", alone, "exec/s", ">= 1,000", alone >= 1000)
 
 
 def main() -> None:
