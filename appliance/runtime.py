@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -47,6 +48,18 @@ class Started:
     """An execution that was queued: its id, or None when its dedup key had fired before."""
 
     id: str | None
+
+
+def tune_gc() -> None:
+    """Garbage collection for a long-running server process.
+
+    What start-up made lives for good: freeze it out of every collection. And collect the young
+    generation after 20,000 new container objects instead of 700: executions hold many short-lived
+    dicts that reference counting frees anyway, and scanning them that often cost about a quarter
+    of the engine's time on long flows (measured with bench/run.py --only long).
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def init_data_dir(settings: Settings) -> dict[str, Any]:

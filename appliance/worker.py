@@ -23,7 +23,7 @@ from engine import QUEUED
 
 from .queue import EventLoopThread
 from .runs import EXEC_SQL, execution_row
-from .runtime import Runtime
+from .runtime import Runtime, tune_gc
 from .settings import Settings
 
 log = logging.getLogger("flowfuse.worker")
@@ -167,6 +167,7 @@ def run_worker(settings: Settings) -> None:
     runtime.runs.heartbeat(runtime.process_id, "worker")
     keeper = Housekeeper(runtime)
     keeper.start()
+    tune_gc()
     consumer = runtime.huey.create_consumer(
         workers=settings.worker.threads, worker_type="thread", periodic=False,
         initial_delay=settings.worker.poll_interval_s, backoff=1.15,

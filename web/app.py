@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 
 from litestar import Litestar, Response, get
 from litestar.types import Receive, Scope, Send
 
-from appliance.runtime import Runtime
+from appliance.runtime import Runtime, tune_gc
 from appliance.settings import Settings
 
 from .hooks import Hooks
@@ -48,7 +47,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         runtime.use_loop(asyncio.get_running_loop())
         hooks.runtime = state["runtime"] = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
-        gc.freeze()  # what start-up made lives for good: keep it out of every garbage collection
+        tune_gc()
         try:
             yield
         finally:
