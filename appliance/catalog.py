@@ -101,23 +101,20 @@ class Catalog:
         return tid
 
     def tenant(self, slug: str) -> dict[str, Any]:
-        self._fresh()
-        found = self._tenants.get(slug)
-        if found is None:
-            row = self.db.one("SELECT * FROM tenants WHERE slug=?", (slug,))
-            if row is None:
-                raise NotFound(f"no tenant {slug!r}; `flowfuse init` creates the tenant 'default'")
-            found = self._tenants[slug] = dict(row)
-        return found
+        return self._tenant("slug", slug, f"no tenant {slug!r}; `flowfuse init` creates the tenant 'default'")
 
     def tenant_by_id(self, tenant_id: str) -> dict[str, Any]:
+        return self._tenant("id", tenant_id, f"no tenant with id {tenant_id!r}")
+
+    def _tenant(self, column: str, value: str, missing: str) -> dict[str, Any]:
+        """A tenant row from the cache (slugs and ids never collide: ids start with 't_')."""
         self._fresh()
-        found = self._tenants.get(tenant_id)
+        found = self._tenants.get(value)
         if found is None:
-            row = self.db.one("SELECT * FROM tenants WHERE id=?", (tenant_id,))
+            row = self.db.one(f"SELECT * FROM tenants WHERE {column}=?", (value,))
             if row is None:
-                raise NotFound(f"no tenant with id {tenant_id!r}")
-            found = self._tenants[tenant_id] = dict(row)
+                raise NotFound(missing)
+            found = self._tenants[value] = dict(row)
         return found
 
     def variables(self, tenant_id: str) -> dict[str, Any]:

@@ -141,12 +141,18 @@ def line(name: str, value: float, unit: str, target: str, ok: bool) -> None:
     print(f"  {name:<48} {value:>10,.1f} {unit:<14} target {target:<14} {'OK' if ok else 'BELOW TARGET'}")
 
 
-def bench_sync_and_memory(base: Path, seconds: int) -> None:
-    data = base / "sync" / "data"
+def prepare(base: Path, name: str, flow: dict, activate: bool = True) -> Path:
+    """A fresh data directory under base/name with the flow imported (and activated)."""
+    data = base / name / "data"
     cli(data, "init")
-    flow_file = base / "sync" / "flow.json"
-    flow_file.write_text(json.dumps(SYNC_FLOW))
-    cli(data, "flow", "import", str(flow_file), "--activate")
+    flow_file = base / name / "flow.json"
+    flow_file.write_text(json.dumps(flow))
+    cli(data, "flow", "import", str(flow_file), *(["--activate"] if activate else []))
+    return data
+
+
+def bench_sync_and_memory(base: Path, seconds: int) -> None:
+    data = prepare(base, "sync", SYNC_FLOW)
     serve = Serve(data)
     try:
         time.sleep(2)
@@ -186,11 +192,7 @@ def bench_sync_and_memory(base: Path, seconds: int) -> None:
 
 
 def bench_long_flow(base: Path, flows: int, checkpoint: str) -> None:
-    data = base / "long" / "data"
-    cli(data, "init")
-    flow_file = base / "long" / "flow.json"
-    flow_file.write_text(json.dumps(long_flow()))
-    cli(data, "flow", "import", str(flow_file))
+    data = prepare(base, "long", long_flow(), activate=False)
     from appliance.runtime import Runtime
     from appliance.settings import load
 
@@ -224,11 +226,7 @@ def bench_long_flow(base: Path, flows: int, checkpoint: str) -> None:
 
 
 def bench_async(base: Path, seconds: int) -> None:
-    data = base / "async" / "data"
-    cli(data, "init")
-    flow_file = base / "async" / "flow.json"
-    flow_file.write_text(json.dumps(ASYNC_FLOW))
-    cli(data, "flow", "import", str(flow_file), "--activate")
+    data = prepare(base, "async", ASYNC_FLOW)
     serve = Serve(data)
     try:
         url = f"{serve.url}/hooks/default/bench-async"
