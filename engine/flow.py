@@ -10,12 +10,11 @@ body of such a node is everything reachable from its `loop` output before coming
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .expressions import Compiled, ExpressionError, compile_value
-from .nodes import NodeType, Param, Registry
+from .nodes import NodeType, Registry
 
 FLOW_KEYS = {"name", "nodes", "edges", "settings", "description"}
 NODE_KEYS = {"id", "type", "params", "credential", "retry", "timeout_s", "on_error", "name", "position", "notes"}
@@ -347,12 +346,3 @@ def _analyse_graph(nodes: dict[str, Node], edges: list[tuple[str, str, str]], er
         if not n.spec.trigger and not n.inputs and n.loop_owner is None:
             errors.append(ValidationError(nid, "is not connected: no edge leads to it"))
     return order
-
-
-def param_spec(node: Node, name: str) -> Param:
-    return node.spec.params[name]
-
-
-def literal_params(node: Node) -> Mapping[str, Any]:
-    """Params with their literal values (defaults filled), for nodes that need no expressions."""
-    return {k: c.source for k, c in node.params.items()}
