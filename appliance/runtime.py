@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from connectors import default_registry
 from engine import (
     FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Limits, NodeError, Outcome, Run,
@@ -36,7 +34,6 @@ from .vault import Vault, load_or_create_key
 log = logging.getLogger("flowfuse")
 #: Huey's own statement for a new message (SqliteStorage.enqueue), batched by our writer.
 ENQUEUE_SQL = "INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)"
-_decode = msgspec.json.decode
 
 
 class NotInitialised(RuntimeError):
@@ -99,8 +96,6 @@ class Runtime:
         self.huey, self._task = make_queue(self, data / "queue.db", settings)
         #: Executions running in this process: id -> (task, run) so they can be cancelled.
         self.active: dict[str, tuple[asyncio.Task, Run]] = {}
-        #: Executions being claimed by `run_execution` (not yet in `active`).
-        self._claiming: set[str] = set()
         self._queue_writer: Writer | None = None
         #: The worker's engine loop (Huey threads hand it coroutines); None outside the worker.
         self.loop_thread = None
@@ -176,15 +171,11 @@ class Runtime:
     # -- running queued executions (the worker) -----------------------------------------------------------
     async def run_execution(self, execution_id: str) -> Outcome | None:
         """Run or resume a recorded execution unless it is finished or running elsewhere."""
-        if execution_id in self.active or execution_id in self._claiming:
-            return None
-        # Reserved until it is in `active`: a duplicate message handled while the claim below commits
-        # would otherwise read the row as running here and claim it a second time.
-        self._claiming.add(execution_id)
-        try:
-            run = await self._claim(execution_id)
-        finally:
-            self._claiming.discard(execution_id)
+        if execution_id in self.active:
+            return None  # a duplicate message for a run in progress here
+        # No await between this check and `_execute` registering the run in `active`, so a duplicate
+        # message cannot slip in; against other processes the claim in the first commit decides.
+        run = self._prepare(execution_id)
         if run is None:
             return None
         try:
@@ -194,7 +185,8 @@ class Runtime:
         await self._after(run, outcome)
         return outcome
 
-    async def _claim(self, execution_id: str) -> Run | None:
+    def _prepare(self, execution_id: str) -> Run | None:
+        """The Run to resume or start, or None if the execution is not this process's to run now."""
         loaded = self.runs.load(execution_id)
         if loaded is None or loaded.row["status"] in FINAL:
             return None
@@ -237,8 +229,7 @@ class Runtime:
             log.warning("flow %r names the error flow %r, which does not exist", run.flow.name, run.flow.error_flow)
             return
         item = {"execution": {"id": run.ref.id, "flow": run.flow.name, "trigger": run.trigger,
-                              "started_at": run.started_at, "error": outcome.error,
-                              "url": f"{self.settings.base_url}/api/v1/executions/{run.ref.id}"}}
+                              "started_at": run.started_at, "error": outcome.error}}
         self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
 
     def cancel(self, execution_id: str) -> str | None:
