@@ -30,8 +30,11 @@ SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x
 JSON = [(b"content-type", b"application/json")]
 
 
-class _TooLarge(Exception):
-    pass
+class _Rejected(Exception):
+    """A request answered with a 4xx before any execution exists."""
+
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
 
 
 async def _send(send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -46,14 +49,12 @@ async def _send(send, status: int, body: Any, headers: list[tuple[bytes, bytes]]
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _read_body(scope, receive, limit: int) -> bytes:
+async def _read_items(scope, receive, limit: int, content_type: str, query: dict[str, Any]) -> list[dict]:
+    """The request body as trigger items; 413 over `limit` bytes, 400 for malformed JSON."""
+    too_large = _Rejected(413, f"body is larger than {limit} bytes")
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                if int(value) > limit:
-                    raise _TooLarge
-            except ValueError:
-                pass
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -62,11 +63,14 @@ async def _read_body(scope, receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise _TooLarge
+                raise too_large
             chunks.append(chunk)
         if not message.get("more_body"):
             break
-    return b"".join(chunks)
+    try:
+        return _items(b"".join(chunks), content_type, query)
+    except msgspec.DecodeError as exc:
+        raise _Rejected(400, f"body is not valid JSON: {exc}") from None
 
 
 def _items(body: bytes, content_type: str, query: dict[str, Any]) -> list[dict]:
@@ -121,6 +125,8 @@ class Hooks:
     async def __call__(self, scope, receive, send) -> None:
         try:
             await self._handle(scope, receive, send)
+        except _Rejected as rejected:
+            await _send(send, rejected.status, {"error": rejected.message})
         except Exception:
             log.exception("webhook %s %s failed", scope["method"], scope["path"])
             with contextlib.suppress(Exception):  # fails harmlessly if the answer had already started
@@ -138,20 +144,13 @@ class Hooks:
         if method != flow.webhook_method:
             return await _send(send, 405, {"error": f"this webhook accepts {flow.webhook_method}, not {method}"},
                                [(b"allow", flow.webhook_method.encode())])
-        try:
-            body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
-        except _TooLarge:
-            return await _send(send, 413, {"error": f"body is larger than {rt.settings.server.max_body_bytes} bytes"})
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         content_type = headers.get("content-type", "").lower()
         for name in SECRET_HEADERS.intersection(headers):
             del headers[name]
         qs = scope["query_string"]
         query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(qs.decode("latin-1")).items()} if qs else {}
-        try:
-            items = _items(body, content_type, query)
-        except msgspec.DecodeError as exc:
-            return await _send(send, 400, {"error": f"body is not valid JSON: {exc}"})
+        items = await _read_items(scope, receive, rt.settings.server.max_body_bytes, content_type, query)
         meta = {"request": {"method": method, "path": hook_path, "query": query, "headers": headers}}
         compiled = rt.catalog.compiled(flow.id, flow.version)
         if compiled.trigger.raw_params.get("respond") == "immediately":
@@ -197,14 +196,8 @@ class Hooks:
         if row["status"] != WAITING or step is None:
             return await _send(send, 409, {"error": f"execution {execution_id} is {row['status']}, not waiting "
                                                     "for its resume URL"})
-        try:
-            body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
-            content_type = next((v.decode().lower() for k, v in scope["headers"] if k == b"content-type"), "")
-            items = _items(body, content_type, {})
-        except _TooLarge:
-            return await _send(send, 413, {"error": f"body is larger than {rt.settings.server.max_body_bytes} bytes"})
-        except msgspec.DecodeError as exc:
-            return await _send(send, 400, {"error": f"body is not valid JSON: {exc}"})
+        content_type = next((v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"content-type"), "")
+        items = await _read_items(scope, receive, rt.settings.server.max_body_bytes, content_type, {})
         await asyncio.to_thread(rt.runs.add_resume_payload, execution_id, row["tenant_id"], step["key"], items)
         await rt.aenqueue(execution_id)
         await _send(send, 202, {"execution_id": execution_id, "status": "resumed"})
