@@ -51,12 +51,12 @@ class CronScheduler:
 
     def _fire(self, flow, now: float) -> list[str]:
         settings = self.runtime.settings.schedule
-        trigger = next(n for n in flow.doc["nodes"] if n["type"] == "schedule")
-        cron, tz = trigger["params"]["cron"], trigger["params"].get("timezone") or "UTC"
+        params = self.runtime.catalog.compiled(flow.id, flow.version).trigger.raw_params  # cached per version
+        cron, tz = params["cron"], params.get("timezone") or "UTC"
         state = self.runtime.runs_db.one("SELECT last_due FROM schedule_state WHERE flow_id=?", (flow.id,))
         # From the last due time handled, or else from when the flow was saved or activated: looking
         # back only one tick would miss due times that fall between two ticks and never fire them.
-        start = max(state["last_due"] if state else flow.updated_at, flow.updated_at)
+        start = max(state["last_due"], flow.updated_at) if state else flow.updated_at
         it = croniter(cron, dt.datetime.fromtimestamp(start, zoneinfo.ZoneInfo(tz)))
         due: list[float] = []
         nxt = it.get_next(float)
