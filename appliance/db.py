@@ -109,6 +109,7 @@ class Writer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._checkpointer: Checkpointer | None = None
+        self._loop_thread: int | None = None  # the loop's thread, learned on its first write
         if loop is not None:  # keep checkpoints (and their fsync) off the loop: see Checkpointer
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back after a burst
@@ -118,10 +119,18 @@ class Writer:
             self._thread.start()
 
     def _on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
+        """True on the thread that runs the bound loop (compared by thread id: asyncio's own
+        get_running_loop() makes a getpid() system call, which showed in profiles of the hot path)."""
+        if self._loop is None:
             return False
+        if self._loop_thread is None:
+            try:
+                if asyncio.get_running_loop() is not self._loop:
+                    return False
+            except RuntimeError:
+                return False
+            self._loop_thread = threading.get_ident()
+        return threading.get_ident() == self._loop_thread
 
     def _enqueue(self, job: _Job) -> None:
         with self._lock:
@@ -149,17 +158,18 @@ class Writer:
             raise RuntimeError("write() would block the event loop that commits it; use awrite()")
         return self.submit(fn).result()
 
-    async def awrite(self, fn: Callable[[sqlite3.Connection], T] | None,
-                     rows: list[tuple[str, list[tuple]]] = ()) -> T:
-        """Like `write`, for coroutines: they wait for the commit without blocking the loop.
+    def awrite(self, fn: Callable[[sqlite3.Connection], T] | None,
+               rows: list[tuple[str, list[tuple]]] = ()) -> asyncio.Future:
+        """Like `write`, for coroutines: `await` it to wait for the commit without blocking the loop.
 
         `rows` are (INSERT statement, parameter tuples) run before `fn`; the rows of all writes
         in a batch that share a statement go to SQLite in one executemany.
+        (A plain function returning the future, not a coroutine: one frame less to resume per commit.)
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop if self._on_loop() else asyncio.get_running_loop()
         future = loop.create_future()
         self._enqueue(_Job(fn, future, rows))
-        return await future
+        return future
 
     def close(self) -> None:
         """Commit what is queued, then close. Call when the loop (if any) no longer runs callbacks."""
@@ -344,8 +354,8 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self.writer.write(fn)
 
-    async def awrite(self, fn: Callable[[sqlite3.Connection], T] | None, rows: list = ()) -> T:
-        return await self.writer.awrite(fn, rows)
+    def awrite(self, fn: Callable[[sqlite3.Connection], T] | None, rows: list = ()) -> asyncio.Future:
+        return self.writer.awrite(fn, rows)
 
     def execute(self, sql: str, params: Any = ()) -> int:
         """One write statement through the writer; returns the number of rows changed."""

@@ -92,6 +92,9 @@ class RunStore:
         The execution row and the steps go as rows (batched across runs by the writer); the status
         change of an already stored execution is an UPDATE after them.
         """
+        if finish is None and ref.persisted and ref.claim is None:  # the hot path: steps of a running run
+            await self.db.awrite(None, [(STEP_SQL, [_step_params(ref, s) for s in steps])])
+            return
         row = None if ref.persisted else ref.row
         update = claim = None
         if ref.claim is not None:

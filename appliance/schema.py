@@ -130,3 +130,40 @@ def _runs_0001(db) -> None:
         last_due REAL NOT NULL
     );
     """)
+
+
+@runs(name="0002_steps_in_commit_order")
+def _runs_0002(db) -> None:
+    """Steps stored in commit order, found through an index on (execution_id, seq).
+
+    Clustered by (execution_id, seq), every commit of N concurrent runs wrote N scattered table
+    pages (about 4 KB of WAL per step with `engine.checkpoint = every_step`); appended by rowid,
+    the rows fill the last page and only the narrower index pages scatter (about 2 KB per step,
+    10 % more steps per second on benchmark 2).
+    """
+    db.executescript("""
+    CREATE TABLE steps_new (
+        id INTEGER PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        tenant_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        node TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        input_count INTEGER NOT NULL,
+        output BLOB,
+        error TEXT,
+        resume_at REAL,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL
+    );
+    INSERT INTO steps_new (execution_id, seq, tenant_id, key, node, attempt, status, input_count, output, error,
+                           resume_at, truncated, started_at, ended_at)
+        SELECT execution_id, seq, tenant_id, key, node, attempt, status, input_count, output, error,
+               resume_at, truncated, started_at, ended_at FROM steps ORDER BY execution_id, seq;
+    DROP TABLE steps;
+    ALTER TABLE steps_new RENAME TO steps;
+    CREATE UNIQUE INDEX steps_execution ON steps (execution_id, seq);
+    """)

@@ -328,7 +328,7 @@ class Executor:
                 attempt = prev.attempt
         if not node.spec.pure or self.limits.checkpoint_every_step:
             await self._flush(state)  # what came before is durable before this node acts on the world
-        credential = self._credential(state, node)
+        credential = self._credential(state, node) if node.credential else None
         while True:
             if state.run.cancel_requested:
                 raise asyncio.CancelledError
@@ -374,13 +374,13 @@ class Executor:
                                      error=message)
 
     async def _call(self, state: _State, node: Node, ctx: NodeContext) -> Any:
-        timeout = node.timeout_s
         remaining = state.deadline - time.time()
         if remaining <= 0:
             raise _TimedOut(f"the execution timed out after {state.run.flow.timeout_s} s")
-        limit = min(timeout or math.inf, remaining)
         if not node.spec.is_async:
             return node.spec.run(ctx, ctx.items)
+        timeout = node.timeout_s
+        limit = min(timeout or math.inf, remaining)
         if limit == math.inf:
             return await node.spec.run(ctx, ctx.items)
         try:
@@ -405,9 +405,11 @@ class Executor:
                  outputs: Any, credential: dict | None, error: str | None = None) -> dict[str, list[dict]]:
         if isinstance(outputs, list):
             outputs = {"main": outputs}
-        if not isinstance(outputs, dict) or not all(isinstance(v, list) for v in outputs.values()):
+        if not isinstance(outputs, dict):
             raise NodeError(f"{node.type} returned {type(outputs).__name__}; expected a list of items")
         for items in outputs.values():
+            if not isinstance(items, list):
+                raise NodeError(f"{node.type} returned {type(items).__name__}; expected a list of items")
             for item in items:
                 if not isinstance(item, dict):
                     raise NodeError(f"produced an item that is not an object: {str(item)[:80]!r}")

@@ -24,6 +24,8 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 #: Largest string, list or number of repetitions an expression may build.
@@ -95,6 +97,9 @@ def _check_join(sep: Any, parts: list) -> None:
         raise SecurityError(f"join would build more than {MAX_SIZE} characters")
 
 
+_NUMBERS = frozenset({int, float})
+
+
 class _Env(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -105,6 +110,8 @@ class _Env(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context, op, left, right):
+        if op != "**" and type(left) in _NUMBERS and type(right) in _NUMBERS:
+            return self.binop_table[op](left, right)  # arithmetic on numbers allocates nothing to cap
         if op == "**":
             if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is larger than {MAX_EXPONENT}")
@@ -256,12 +263,14 @@ ENV = _make_env()
 class Compiled:
     """One compiled param value. `evaluate(scope)` gives the value for one item's scope."""
 
-    __slots__ = ("source", "_fn", "is_dynamic")
+    __slots__ = ("source", "_fn", "is_dynamic", "_parts")
 
-    def __init__(self, source: Any, fn: Callable[[Mapping[str, Any]], Any] | None):
+    def __init__(self, source: Any, fn: Callable[[Mapping[str, Any]], Any] | None, parts: list[Compiled] = ()):
         self.source = source
         self._fn = fn
         self.is_dynamic = fn is not None
+        #: For a dict or list: its compiled members, used to name the one that failed.
+        self._parts = parts
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         if self._fn is None:
@@ -269,20 +278,26 @@ class Compiled:
         token = _spent.set([0])
         try:
             return self._fn(scope)
-        except SecurityError as exc:
-            raise ExpressionError(f"expression not allowed: {exc}") from None
-        except UndefinedError as exc:
-            raise ExpressionError(f"{exc} in {_short(self.source)}") from None
-        except RecursionError:
-            raise ExpressionError(f"expression nests too deeply: {_short(self.source)}") from None
-        except MemoryError:
-            raise ExpressionError(f"expression needs too much memory: {_short(self.source)}") from None
-        except ExpressionError:
-            raise
-        except Exception as exc:  # any error raised by user code inside the sandbox
-            raise ExpressionError(f"{type(exc).__name__}: {exc} in {_short(self.source)}") from None
+        except Exception as exc:
+            for part in self._parts:  # only on failure: evaluate each member alone for a precise message
+                part.evaluate(scope)
+            raise _explain(exc, self.source) from None
         finally:
             _spent.reset(token)
+
+
+def _explain(exc: BaseException, source: Any) -> ExpressionError:
+    if isinstance(exc, ExpressionError):
+        return exc
+    if isinstance(exc, SecurityError):
+        return ExpressionError(f"expression not allowed: {exc}")
+    if isinstance(exc, UndefinedError):
+        return ExpressionError(f"{exc} in {_short(source)}")
+    if isinstance(exc, RecursionError):
+        return ExpressionError(f"expression nests too deeply: {_short(source)}")
+    if isinstance(exc, MemoryError):
+        return ExpressionError(f"expression needs too much memory: {_short(source)}")
+    return ExpressionError(f"{type(exc).__name__}: {exc} in {_short(source)}")  # raised by user code in the sandbox
 
 
 def _short(source: Any) -> str:
@@ -299,14 +314,23 @@ def _expression(template: Any) -> Callable[[Mapping[str, Any]], Any]:
     """
     glob = dict(template.globals)
     root = template.root_render_func
-    context_class = ENV.context_class
+    eval_ctx = EvalContext(ENV, None)  # only `{% autoescape %}` changes it, and statements are disabled
+    globals_keys = frozenset(glob)
+    new = _Context.__new__
 
     def evaluate(scope: Mapping[str, Any]) -> Any:
-        context = context_class(ENV, {**glob, **scope}, None, {}, globals=glob)
+        context = new(_Context)
+        context.parent, context.vars, context.environment = {**glob, **scope}, {}, ENV
+        context.eval_ctx, context.exported_vars, context.name = eval_ctx, set(), None
+        context.globals_keys, context.blocks = globals_keys, {}
         for _ in root(context):
             pass
         return _defined(context.vars["result"])
     return evaluate
+
+
+class _Context(Context):
+    """Jinja's Context, filled in by `_expression` without running its constructor."""
 
 
 def _defined(value: Any) -> Any:
@@ -343,12 +367,17 @@ def compile_value(value: Any) -> Compiled:
         parts = {k: compile_value(v) for k, v in value.items()}
         if not any(p.is_dynamic for p in parts.values()):
             return Compiled(value, None)
-        return Compiled(value, lambda scope: {k: p.evaluate(scope) for k, p in parts.items()})
+        # the parts' raw functions, so that one evaluation has one budget and one error handler
+        fields = [(k, p._fn, p.source) for k, p in parts.items()]
+        return Compiled(value, lambda scope: {k: fn(scope) if fn else v for k, fn, v in fields},
+                        [p for p in parts.values() if p.is_dynamic])
     if isinstance(value, list):
-        parts_l = [compile_value(v) for v in value]
-        if not any(p.is_dynamic for p in parts_l):
+        members = [compile_value(v) for v in value]
+        if not any(p.is_dynamic for p in members):
             return Compiled(value, None)
-        return Compiled(value, lambda scope: [p.evaluate(scope) for p in parts_l])
+        items = [(p._fn, p.source) for p in members]
+        return Compiled(value, lambda scope: [fn(scope) if fn else v for fn, v in items],
+                        [p for p in members if p.is_dynamic])
     return Compiled(value, None)
 
 

@@ -16,7 +16,7 @@ QUEUED, RUNNING, WAITING, SUCCEEDED, FAILED, CANCELLED = (
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """One attempt of one node, as committed. `key` is the node id, prefixed inside loops."""
 
