@@ -130,6 +130,11 @@ class Catalog:
         self.db.execute("INSERT OR REPLACE INTO variables VALUES (?,?,?)", (tenant_id, name, json.dumps(value)))
         self.invalidate()
 
+    def delete_variable(self, tenant_id: str, name: str) -> bool:
+        deleted = self.db.execute("DELETE FROM variables WHERE tenant_id=? AND name=?", (tenant_id, name)) > 0
+        self.invalidate()
+        return deleted
+
     # -- flows -------------------------------------------------------------------------------------------------
     def validate(self, doc: Any) -> Flow:
         return compile_flow(doc, self.registry)

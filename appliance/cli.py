@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -13,11 +14,12 @@ from engine import FlowInvalid
 
 from . import commands
 from .catalog import Conflict, NotFound
+from .identity import Invalid
 from .runtime import NotInitialised, init_data_dir
 from .settings import SettingsError, load
 from .vault import CredentialError
 
-EXPECTED = (commands.CommandError, SettingsError, NotFound, Conflict, NotInitialised, CredentialError)
+EXPECTED = (commands.CommandError, SettingsError, NotFound, Conflict, NotInitialised, CredentialError, Invalid)
 
 
 def _settings(ctx: click.Context, **overrides: Any):
@@ -59,11 +61,18 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 @main.command()
 @data_dir_option
+@click.option("--admin-email", help="also create this instance admin (owner of 'default'); the password is read "
+                                    "from FLOWFUSE_ADMIN_PASSWORD or asked for")
 @click.pass_context
-def init(ctx: click.Context, data_dir: str | None) -> None:
+def init(ctx: click.Context, data_dir: str | None, admin_email: str | None) -> None:
     """Create the data directory, its databases, the master key and the tenant 'default'."""
     settings = _settings(ctx, **{"storage.data_dir": data_dir})
-    _emit(init_data_dir(settings))
+    made = init_data_dir(settings)
+    if admin_email:
+        password = os.environ.get("FLOWFUSE_ADMIN_PASSWORD") or click.prompt(
+            f"Password for {admin_email}", hide_input=True, confirmation_prompt=True)
+        made["admin"] = commands.create_admin(settings, admin_email, password)
+    _emit(made)
 
 
 def _server_options(fn):
@@ -246,7 +255,8 @@ def credentials() -> None:
 
 @credentials.command("set")
 @click.argument("name")
-@click.option("--type", "type_", required=True, type=click.Choice(["basic", "bearer", "header", "generic"]))
+@click.option("--type", "type_", required=True,
+              help="credential type: basic, bearer, header, generic, or one a connector registers")
 @click.option("--data", "data_json", help="fields as JSON; read from standard input when omitted")
 @tenant_option
 @data_dir_option
@@ -262,6 +272,64 @@ def credentials_set(ctx, name, type_, data_json, tenant, data_dir) -> None:
         raise click.ClickException("credential data must be a JSON object")
     commands.set_credential(_settings(ctx, **{"storage.data_dir": data_dir}), name, type_, data, tenant)
     click.echo(f"credential {name!r} saved")
+
+
+@main.group()
+def keys() -> None:
+    """Rotate the master key that wraps every tenant's credential key."""
+
+
+@keys.command("rotate")
+@data_dir_option
+@click.pass_context
+def keys_rotate(ctx, data_dir: str | None) -> None:
+    """Re-wrap every tenant data key under a new master key; credentials are not re-encrypted.
+
+    With flowfuse.key the file is replaced: back up the new one. With FLOWFUSE_MASTER_KEY the new
+    key is printed before anything changes and no file is written: store it, and restart every
+    process with it. Resume URLs already handed out stay valid.
+    """
+    def show(key_hex: str) -> None:
+        click.echo(f"new master key: {key_hex}")
+        click.echo("store it now and set FLOWFUSE_MASTER_KEY to it; if this command fails, the old key stays valid")
+
+    done = commands.rotate_master_key(_settings(ctx, **{"storage.data_dir": data_dir}), show)
+    where = ("set FLOWFUSE_MASTER_KEY to the new key and restart every process" if done["key"] == "FLOWFUSE_MASTER_KEY"
+             else f"{done['key']} holds the new key: back it up")
+    click.echo(f"master key rotated: {done['tenant_keys']} tenant data keys re-wrapped; {where}")
+
+
+@main.group()
+def audit() -> None:
+    """Check and export the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@data_dir_option
+@click.pass_context
+def audit_verify(ctx, data_dir: str | None) -> None:
+    """Check every entry against its hash and the one before it; exit 1 at the first one tampered with."""
+    result = commands.verify_audit(_settings(ctx, **{"storage.data_dir": data_dir}))
+    if not result.ok:
+        click.echo(f"audit log damaged: {result.problem}", err=True)
+        sys.exit(1)
+    click.echo(f"audit log intact: {result.entries} entries")
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--since", help="only entries from this ISO-8601 date or date-time on (UTC unless an offset is given)")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def audit_export(ctx, fmt: str, since: str | None, tenant: str | None, data_dir: str | None) -> None:
+    """Write the audit log to standard output, oldest entry first (all tenants unless --tenant)."""
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    try:
+        commands.export_audit(settings, sys.stdout, fmt, since, tenant)
+    except commands.CommandError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def _logging(settings) -> None:

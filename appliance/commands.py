@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
+import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 from connectors import default_registry
 from engine import SUCCEEDED, ExecutionRef, Executor, FlowInvalid, Limits, MemoryStore, Run, compile_flow
 from .runs import new_id, step_view
 
+from .audit import VerifyResult
+from .catalog import NotFound
 from .runtime import Runtime
 from .settings import Settings
 
@@ -108,6 +112,8 @@ def import_flow(settings: Settings, path: str | Path, tenant: str | None, activa
     doc = read_flow_file(path)
     with opened(settings) as rt:
         row = rt.catalog.save_flow(rt.tenant_id(tenant), doc, activate=True if activate else None)
+        _audit_cli(rt, "flow.import", row.tenant_id, "flow", row.id,
+                   {"name": row.name, "version": row.version, "active": row.active})
         return flow_summary(row)
 
 
@@ -123,7 +129,10 @@ def list_flows(settings: Settings, tenant: str | None) -> list[dict[str, Any]]:
 
 def set_active(settings: Settings, name: str, tenant: str | None, active: bool) -> dict[str, Any]:
     with opened(settings) as rt:
-        return flow_summary(rt.catalog.set_active(rt.tenant_id(tenant), name, active))
+        row = rt.catalog.set_active(rt.tenant_id(tenant), name, active)
+        _audit_cli(rt, "flow.activate" if active else "flow.deactivate", row.tenant_id, "flow", row.id,
+                   {"name": row.name, "version": row.version})
+        return flow_summary(row)
 
 
 def flow_summary(row) -> dict[str, Any]:
@@ -156,9 +165,74 @@ def cancel_execution(settings: Settings, execution_id: str, tenant: str | None) 
         before = rt.cancel(execution_id)
         if before in ("succeeded", "failed", "cancelled"):
             raise CommandError(f"execution {execution_id} has already {before}")
+        _audit_cli(rt, "execution.cancel", rt.tenant_id(tenant), "execution", execution_id, {"was": before})
         return before or ""
 
 
 def set_credential(settings: Settings, name: str, type_: str, data: dict[str, Any], tenant: str | None) -> None:
     with opened(settings) as rt:
-        rt.vault.put(rt.tenant_id(tenant), name, type_, data)
+        tenant_id = rt.tenant_id(tenant)
+        rt.vault.put(tenant_id, name, type_, data)
+        # the name and type only: the fields are the secret
+        _audit_cli(rt, "credential.set", tenant_id, "credential", name, {"type": type_})
+
+
+def rotate_master_key(settings: Settings, show_new_key: Callable[[str], None]) -> dict[str, Any]:
+    """Re-wrap every tenant data key under a new master key (`flowfuse keys rotate`).
+
+    With flowfuse.key the vault replaces the file. With FLOWFUSE_MASTER_KEY nothing on disk keeps
+    the new key, so `show_new_key` gets it (hex) before anything changes, for the operator to store.
+    """
+    with opened(settings) as rt:
+        new_key = None
+        if rt.vault.key_from_environment:
+            new_key = secrets.token_bytes(32)
+            show_new_key(new_key.hex())
+        count = rt.vault.rotate_master_key(new_key)
+        rt.audit.record("keys.rotate", actor_type="system", actor_label="cli", details={"tenant_keys": count})
+        return {"tenant_keys": count, "key": "FLOWFUSE_MASTER_KEY" if new_key else str(rt.vault.key_path)}
+
+
+def create_admin(settings: Settings, email: str, password: str) -> dict[str, Any]:
+    """An instance admin who owns the tenant 'default' (for `flowfuse init --admin-email`)."""
+    with opened(settings) as rt:
+        user = rt.identity.create_user(email, password, is_admin=True)
+        tid = rt.tenant_id("default")
+        rt.control.execute("INSERT OR IGNORE INTO memberships (tenant_id, user_id, role, created_at) "
+                           "VALUES (?,?,'owner',?)", (tid, user["id"], user["created_at"]))
+        return {"id": user["id"], "email": user["email"]}
+
+
+def _audit_cli(rt: Runtime, action: str, tenant_id: str, target_type: str, target_id: str,
+               details: dict[str, Any]) -> None:
+    """Record a change made from the command line (whoever can run it owns the data directory)."""
+    rt.audit.record(action, actor_type="system", actor_label="cli", tenant_id=tenant_id,
+                    target_type=target_type, target_id=target_id, details=details)
+
+
+def parse_since(text: str) -> float:
+    """`--since`: an ISO-8601 date or date-time (UTC unless it names an offset), as epoch seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--since {text!r} is not an ISO-8601 date or date-time, "
+                           "e.g. 2024-05-01 or 2024-05-01T09:30:00+02:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def verify_audit(settings: Settings) -> VerifyResult:
+    with opened(settings) as rt:
+        return rt.audit.verify()
+
+
+def export_audit(settings: Settings, out: TextIO, fmt: str, since: str | None, tenant: str | None) -> int:
+    """Write the audit log (of one tenant, if given) to `out`; returns how many entries."""
+    when = parse_since(since) if since is not None else None
+    with opened(settings) as rt:
+        try:
+            tenant_id = rt.catalog.tenant(tenant)["id"] if tenant is not None else None
+        except NotFound as exc:
+            raise CommandError(str(exc)) from None
+        return rt.audit.export(out, fmt, since=when, tenant_id=tenant_id)

@@ -24,12 +24,14 @@ from engine import (
 )
 
 from . import schema
+from .audit import AuditLog
 from .catalog import Catalog, FlowRow, NotFound
 from .db import Database, Writer, migrate, pending_migrations
 from .queue import make_queue
 from .runs import ClaimLost, RunStore, execution_row
 from .settings import Settings
-from .vault import Vault, load_or_create_key
+from .identity import Identity
+from .vault import Vault
 
 log = logging.getLogger("flowfuse")
 #: Huey's own statement for a new message (SqliteStorage.enqueue), batched by our writer.
@@ -64,10 +66,11 @@ def init_data_dir(settings: Settings) -> dict[str, Any]:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     applied = {"flowfuse.db": migrate(data / "flowfuse.db", schema.control),
-               "runs.db": migrate(data / "runs.db", schema.runs)}
+               "runs.db": migrate(data / "runs.db", schema.runs),
+               "audit.db": migrate(data / "audit.db", schema.audit)}
     runtime = Runtime(settings, role="cli")
     try:
-        load_or_create_key(runtime.vault.key_path)  # flowfuse.key (0600), unless given by the environment
+        runtime.vault.initialise()  # flowfuse.key (0600) unless a key is configured, and its check value
         tenant = runtime.catalog.ensure_tenant()
     finally:
         runtime.close()
@@ -84,10 +87,13 @@ class Runtime:
                     max_batch=settings.storage.group_commit_max)
         self.control = Database(data / "flowfuse.db", **opts)
         self.runs_db = Database(data / "runs.db", **opts)
+        self.audit = AuditLog(data / "audit.db", opts["synchronous"], opts["busy_timeout_ms"])
         self.registry = default_registry()
         self.catalog = Catalog(self.control, self.registry)
         self.runs = RunStore(self.runs_db)
-        self.vault = Vault(self.control, data / "flowfuse.key")
+        self.vault = Vault(self.control, data / "flowfuse.key", self.registry)
+        self.vault.check()  # a missing or wrong master key stops every process here, changing nothing
+        self.identity = Identity(self.control)
         self.process_id = f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
         self.role = role
         self.executor = Executor(self.runs, self, Limits(
@@ -104,6 +110,7 @@ class Runtime:
         """Commit on this event loop (the web process's, or the worker's engine loop)."""
         self.control.use_loop(loop)
         self.runs_db.use_loop(loop)
+        self.audit.use_loop(loop)
 
     def migrations_pending(self) -> list[str]:
         return (pending_migrations(self.control.path, schema.control) +
@@ -112,8 +119,34 @@ class Runtime:
     def close(self) -> None:
         self.control.close()
         self.runs_db.close()
+        self.audit.close()
         if self._queue_writer is not None:
             self._queue_writer.close()
+
+    def delete_tenant(self, tenant_id: str) -> dict[str, int]:
+        """Delete a tenant and everything it owns, in flowfuse.db and runs.db; returns what went."""
+        def runs_part(conn) -> dict[str, int]:
+            counts = {"executions": conn.execute("DELETE FROM executions WHERE tenant_id=?", (tenant_id,)).rowcount}
+            counts["steps"] = conn.execute("DELETE FROM steps WHERE tenant_id=?", (tenant_id,)).rowcount
+            conn.execute("DELETE FROM resume_payloads WHERE tenant_id=?", (tenant_id,))
+            conn.execute("DELETE FROM schedule_state WHERE tenant_id=?", (tenant_id,))
+            return counts
+
+        def control_part(conn) -> int:
+            flows = conn.execute("SELECT count(*) FROM flows WHERE tenant_id=?", (tenant_id,)).fetchone()[0]
+            for table in ("flow_versions", "flows", "variables", "credentials", "api_keys", "invitations",
+                          "memberships"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant_id=?", (tenant_id,))
+            conn.execute("DELETE FROM tenants WHERE id=?", (tenant_id,))
+            return flows
+
+        # suspended first, so that no webhook or schedule starts a run while runs.db is emptied
+        self.control.execute("UPDATE tenants SET status='suspended' WHERE id=?", (tenant_id,))
+        self.catalog.invalidate()
+        counts = self.runs_db.write(runs_part)
+        counts["flows"] = self.control.write(control_part)
+        self.catalog.invalidate()
+        return counts
 
     # -- starting executions ----------------------------------------------------------------------------
     def tenant_id(self, slug: str | None) -> str:

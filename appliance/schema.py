@@ -251,3 +251,79 @@ def _runs_0002(db) -> None:
     ALTER TABLE steps_new RENAME TO steps;
     CREATE UNIQUE INDEX steps_execution ON steps (execution_id, seq);
     """)
+
+
+audit = Migrations("audit")
+
+
+@audit(name="0001_initial")
+def _audit_0001(db) -> None:
+    """The append-only audit log of audit.db: one hash-chained row per state change or sign-in.
+
+    `seq` is gapless from 1 and `hash` is the SHA-256 of every other column (see appliance.audit),
+    so an edited, removed, inserted or reordered row breaks the chain. `at` never decreases with
+    `seq`, which lets a time range be looked up as a range of seq (index `entries_at`).
+    """
+    db.executescript("""
+    CREATE TABLE entries (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        tenant_id TEXT,
+        actor_type TEXT NOT NULL,
+        actor_id TEXT,
+        actor_label TEXT,
+        action TEXT NOT NULL,
+        target_type TEXT,
+        target_id TEXT,
+        ip TEXT,
+        user_agent TEXT,
+        outcome TEXT NOT NULL DEFAULT 'ok',
+        details TEXT NOT NULL DEFAULT '{}',
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX entries_tenant ON entries (tenant_id, seq);
+    CREATE INDEX entries_action ON entries (action, seq);
+    CREATE INDEX entries_actor ON entries (actor_id, seq);
+    CREATE INDEX entries_actor_label ON entries (actor_label, seq);
+    CREATE INDEX entries_target ON entries (target_id, seq);
+    CREATE INDEX entries_at ON entries (at);
+    """)
+
+
+@control(name="0003_vault_envelope")
+def _control_0003(db) -> None:
+    """Envelope encryption of credentials (see appliance.vault).
+
+    Each tenant gets a data key wrapped by the master key (`tenant_keys`); `vault_meta` holds the
+    signing key, also wrapped by the master key, whose unwrapping proves the master key right.
+    Credentials get a stable id that their ciphertext is bound to, so a rename needs no
+    re-encryption. The rows of the old format (encrypted under the master key itself) move to
+    `credentials_legacy`: no SQL can re-encrypt them, so the vault converts them the first time
+    it opens with the right key.
+    """
+    db.executescript("""
+    ALTER TABLE credentials RENAME TO credentials_legacy;
+    CREATE TABLE tenant_keys (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        nonce BLOB NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        rotated_at REAL
+    );
+    CREATE TABLE vault_meta (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant_id, name)
+    );
+    """)

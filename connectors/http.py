@@ -1,9 +1,10 @@
 """The http_request node: one request per input item, through a shared httpx client.
 
-Auth comes from the node's credential (`{"type": "basic", "username", "password"}`,
-`{"type": "bearer", "token"}` or `{"type": "header", "name", "value"}`); the engine redacts its
-values from the recorded output. Every request carries the step's idempotency key so that a
-request replayed after a crash can be recognised by the receiving side.
+Auth comes from the node's credential, of a type registered here: `basic` (username, password),
+`bearer` (token) or `header` (name, value); the engine redacts their secret fields from the
+recorded output. `generic` (any fields, all secret) is registered here too, for nodes that take
+secrets of no fixed shape. Every request carries the step's idempotency key so that a request
+replayed after a crash can be recognised by the receiving side.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 
 from .core import HTTP_METHODS
-from .sdk import NodeContext, NodeError, NodeType, Param, Registry
+from .sdk import CredentialType, Field, NodeContext, NodeError, NodeType, Param, Registry
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
@@ -119,7 +120,28 @@ async def _http_request(ctx: NodeContext, items: list[dict]) -> list[dict]:
     return [await _request(ctx, item, key if i == 0 else f"{key}#{i}") for i, item in enumerate(items)]
 
 
+def _basic_header(fields: Any) -> list[str]:
+    """The base64 of `username:password` that a Basic auth header carries."""
+    user, password = fields.get("username"), fields.get("password")
+    if not (isinstance(user, str) and isinstance(password, str)):
+        return []
+    return [base64.b64encode(f"{user}:{password}".encode()).decode()]
+
+
+CREDENTIAL_TYPES = (
+    CredentialType("basic", {"username": Field("User name", secret=False), "password": Field("Password")},
+                   derived=_basic_header, description="HTTP Basic authentication."),
+    CredentialType("bearer", {"token": Field("Token")}, description="An `Authorization: Bearer` token."),
+    CredentialType("header", {"name": Field("Header name", secret=False), "value": Field("Header value")},
+                   description="One request header, e.g. X-Api-Key."),
+    CredentialType("generic", other=Field(required=False),
+                   description="Any fields, all secret, for nodes that read them by name."),
+)
+
+
 def register(registry: Registry) -> None:
+    for credential_type in CREDENTIAL_TYPES:
+        registry.add_credential_type(credential_type)
     registry.add(NodeType("http_request", _http_request, params={
         "method": Param("string", default="GET"),
         "url": Param("string", required=True),

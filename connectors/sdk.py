@@ -13,9 +13,17 @@ function::
 
 `run(ctx, items)` may be async. Return a list of items for the `main` output or a dict of
 output name -> items. Raise `NodeError` with a message the user can act on.
+
+A node that needs a secret names a credential type; register the type beside the node::
+
+    registry.add_credential_type(CredentialType("api_key", {"key": Field("API key")}))
+
+Fields are secret unless `Field(secret=False)`; secret values are write-only and the engine
+redacts them from everything a run records. The node reads the fields from `ctx.credential`.
 """
 
 from engine.executor import NodeContext, NodeError, StopExecution, Wait
-from engine.nodes import NodeType, Param, Registry
+from engine.nodes import Credential, CredentialType, Field, NodeType, Param, Registry
 
-__all__ = ["NodeContext", "NodeError", "NodeType", "Param", "Registry", "StopExecution", "Wait"]
+__all__ = ["Credential", "CredentialType", "Field", "NodeContext", "NodeError", "NodeType", "Param", "Registry",
+           "StopExecution", "Wait"]

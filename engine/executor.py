@@ -18,7 +18,6 @@ each flush is shared by every run that reached a commit point at the same moment
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import random
 import time
@@ -30,6 +29,7 @@ import msgspec
 
 from .expressions import ExpressionError
 from .flow import Flow, Node
+from .nodes import Credential
 from .ports import (
     CANCELLED, FAILED, SUCCEEDED, WAITING, ExecutionRef, ExecutionStore, Finish, Services, StepRecord,
 )
@@ -458,18 +458,13 @@ def backoff_delay(base: float, cap: float, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-#: Credential fields that name things rather than prove anything (a user name, a header's name).
-_NOT_SECRET = frozenset({"type", "username", "name"})
-
-
 def _secrets(credential: Mapping[str, Any]) -> list[str]:
-    """A credential's values, and the forms they travel in (a Basic auth header's base64)."""
-    found = [v for k, v in credential.items()
-             if k not in _NOT_SECRET and isinstance(v, str) and len(v) >= 4]
-    user, password = credential.get("username"), credential.get("password")
-    if isinstance(user, str) and isinstance(password, str):
-        found.append(base64.b64encode(f"{user}:{password}".encode()).decode())
-    return found
+    """The strings to redact. A `Credential`'s registered type says which fields are secret and
+    the forms they travel in; of any other mapping (a Services that is not the vault) every value
+    but "type" counts as secret. Values under 4 characters would redact ordinary text at random."""
+    values = credential.secrets() if isinstance(credential, Credential) else \
+        [v for k, v in credential.items() if k != "type"]
+    return [v for v in values if isinstance(v, str) and len(v) >= 4]
 
 
 def redact(encoded: bytes, credential: Mapping[str, Any]) -> bytes:

@@ -4,6 +4,10 @@ Connectors describe node types with `NodeType` and `Param` and register them in 
 the engine reads only the registry. A node's `run(ctx, items)` returns the items of its `main`
 output as a list, or a dict of output name -> items for nodes with several outputs. It may be a
 plain function or a coroutine function.
+
+Connectors also register the `CredentialType`s their nodes use. The vault checks a credential
+against its type when it is saved, and hands a node a `Credential` whose type tells the engine
+which values are secret, so that they are redacted from everything a run records.
 """
 
 from __future__ import annotations
@@ -96,11 +100,73 @@ class NodeType:
         return self.outputs
 
 
+@dataclass(frozen=True)
+class Field:
+    """One field of a credential type. A secret field is write-only: its value is shown to nobody
+    after it is saved and is redacted from whatever a run records."""
+
+    label: str = ""
+    secret: bool = True
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class CredentialType:
+    """A kind of credential: `name` is what `flowfuse credentials set --type` and the API accept."""
+
+    name: str
+    fields: dict[str, Field] = field(default_factory=dict)
+    #: How fields not named in `fields` are treated; None refuses them (`generic` takes any, all secret).
+    other: Field | None = None
+    #: The other forms the secrets travel in, to redact them too (a Basic auth header's base64).
+    derived: Callable[[Mapping[str, Any]], list[str]] | None = None
+    description: str = ""
+
+    def field_spec(self, name: str) -> Field | None:
+        return self.fields.get(name, self.other)
+
+    def problems(self, data: Mapping[str, Any]) -> list[str]:
+        """What is wrong with the fields of a credential of this type, each message naming its field."""
+        known = ", ".join(self.fields) or "none"
+        found = []
+        for name, value in data.items():
+            if name == "type":
+                found.append("'type' cannot be a field: it is the credential's type")
+            elif self.field_spec(name) is None:
+                found.append(f"a {self.name} credential has no field {name!r} (its fields: {known})")
+            elif not isinstance(value, str):
+                found.append(f"field {name!r} must be a string, got {_json_type(value)}")
+        found += [f"field {name!r} is required for a {self.name} credential"
+                  for name, spec in self.fields.items() if spec.required and not data.get(name)]
+        return found
+
+
+class Credential(dict):
+    """A decrypted credential as a node receives it (`ctx.credential`): its fields and "type".
+
+    `spec` is its registered type, so the engine knows which values to redact without knowing
+    any type by name. A field the type does not declare counts as secret.
+    """
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: CredentialType, fields: Mapping[str, Any]):
+        super().__init__(fields, type=spec.name)
+        self.spec = spec
+
+    def secrets(self) -> list[str]:
+        """The values to keep out of every record, in each form they travel in."""
+        found = [value for name, value in self.items() if name != "type"
+                 and ((spec := self.spec.field_spec(name)) is None or spec.secret)]
+        return found + (self.spec.derived(self) if self.spec.derived else [])
+
+
 class Registry:
-    """Every node type the engine can run, by name."""
+    """Every node type the engine can run, and every credential type their nodes use, by name."""
 
     def __init__(self) -> None:
         self._types: dict[str, NodeType] = {}
+        self._credential_types: dict[str, CredentialType] = {}
 
     def add(self, node_type: NodeType) -> NodeType:
         if node_type.type in self._types:
@@ -116,3 +182,15 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._types)
+
+    def add_credential_type(self, credential_type: CredentialType) -> CredentialType:
+        if credential_type.name in self._credential_types:
+            raise ValueError(f"credential type {credential_type.name!r} is registered twice")
+        self._credential_types[credential_type.name] = credential_type
+        return credential_type
+
+    def credential_type(self, name: str) -> CredentialType | None:
+        return self._credential_types.get(name)
+
+    def credential_type_names(self) -> list[str]:
+        return sorted(self._credential_types)

@@ -11,16 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar, Response, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
+from litestar.static_files import create_static_files_router
 from litestar.types import Receive, Scope, Send
 
 from appliance.runtime import Runtime, tune_gc
 from appliance.settings import Settings
 
+from . import api
 from .hooks import Hooks
 
 log = logging.getLogger("flowfuse.web")
+STATIC = Path(__file__).parent / "static"
 
 
 class App:
@@ -45,7 +51,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings, role="web")
         runtime.use_loop(asyncio.get_running_loop())
-        hooks.runtime = state["runtime"] = runtime
+        hooks.runtime = state["runtime"] = app.state.runtime = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
         tune_gc()
         try:
@@ -80,8 +86,14 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
             return Response({"status": "not ready", "problems": problems}, status_code=503)
         return Response({"status": "ready"})
 
-    litestar = Litestar(route_handlers=[healthz, readyz], lifespan=[lifespan], openapi_config=None,
-                        logging_config=None)
+    # the docs page loads Redoc from this server (web/static/vendor), never from a CDN
+    docs = RedocRenderPlugin(js_url="/static/vendor/redoc/redoc.standalone.js", google_fonts=False, path="/docs",
+                             favicon="<link rel='icon' href='data:,'>")
+    openapi = OpenAPIConfig(title="FlowFuse API", version="1", path="/api", render_plugins=[JsonRenderPlugin(), docs],
+                            description="The FlowFuse REST API. Authenticate with `Authorization: Bearer ffk_...`.")
+    static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)
+    litestar = Litestar(route_handlers=[healthz, readyz, api.router, static], lifespan=[lifespan],
+                        openapi_config=openapi, logging_config=None)
     return App(litestar, hooks)
 
 

@@ -1,0 +1,601 @@
+"""The REST API at /api/v1: tenants, members, API keys, flows, executions, variables, credentials, audit.
+
+Every handler names the permission it needs and goes through `Identity.authorize` (the same guard
+the console uses); a principal without access to a tenant gets 404 for everything in it, one
+without the permission 403. Every failure is an RFC 9457 problem document
+(`application/problem+json`) whose `detail` says what to do; validation errors list the fields.
+Every state change is written to the audit log with the actor, tenant, target, address and agent.
+
+Handlers are plain functions run in Litestar's thread pool: they call the synchronous stores,
+whose writes go through the group-commit writer bound to the web process's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, delete, get, patch, post, put
+from litestar.datastructures import Cookie
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import Parameter, QueryParameter
+
+from appliance.catalog import Conflict, FlowInvalid, NotFound
+from appliance.identity import (
+    KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized,
+)
+from appliance.runtime import Runtime
+from engine import FINAL
+
+log = logging.getLogger("flowfuse.api")
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True):
+    """Request bodies refuse unknown fields, so a typo is an error, not silently ignored."""
+
+
+class TenantIn(Body):
+    slug: str
+    name: str | None = None
+
+
+class TenantPatch(Body):
+    name: str | None = None
+    status: str | None = None
+
+
+class UserIn(Body):
+    email: str
+    password: str
+    name: str = ""
+    is_admin: bool = False
+
+
+class SignIn(Body):
+    email: str
+    password: str
+
+
+class MemberIn(Body):
+    role: str
+
+
+class KeyIn(Body):
+    name: str
+    role: str
+    expires_at: float | None = None
+
+
+class RunIn(Body):
+    input: list[dict[str, Any]] | dict[str, Any] = msgspec.field(default_factory=list)
+
+
+class VariableIn(Body):
+    value: Any
+
+
+class CredentialIn(Body):
+    name: str
+    type: str
+    data: dict[str, str]
+
+
+# -- who is asking -----------------------------------------------------------------------------------------
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer ffk_...` or the session cookie.
+
+    A request authenticated by cookie that changes state must carry the session's CSRF token in
+    `X-CSRF-Token`; API keys are not sent by browsers on their own, so they need none.
+    """
+    identity = runtime_of(request).identity
+    auth = request.headers.get("authorization", "")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("use `Authorization: Bearer ffk_...`")
+        try:
+            return identity.key_principal(token.strip())
+        except Unauthorized as exc:
+            audit(request, None, "api_key.refused", outcome="refused",
+                  details={"reason": str(exc), "prefix": token.strip()[:12] if token.startswith(KEY_PREFIX) else None})
+            raise
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthorized("sign in, or send an API key as `Authorization: Bearer ffk_...`")
+    principal = identity.session_principal(cookie)
+    if request.method not in _SAFE and request.headers.get("x-csrf-token") != principal.csrf:
+        raise Forbidden("missing or wrong X-CSRF-Token header for a request made with the session cookie")
+    return principal
+
+
+def audit(request: Request, principal: Principal | None, action: str, *, tenant_id: str | None = None,
+          target_type: str | None = None, target_id: str | None = None, outcome: str = "ok",
+          details: dict[str, Any] | None = None) -> None:
+    """One audit entry for this request (actor, tenant, action, target, address, agent)."""
+    kind = principal.kind if principal else "anonymous"
+    runtime_of(request).audit.record(
+        action, actor_type=kind, actor_id=principal.id if principal else None,
+        actor_label=principal.label if principal else None, tenant_id=tenant_id, target_type=target_type,
+        target_id=target_id, ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"), outcome=outcome, details=details)
+
+
+def _guard(request: Request, principal: Principal, tenant: str, permission: str) -> Access:
+    try:
+        return runtime_of(request).identity.authorize(principal, tenant, permission)
+    except Forbidden as exc:  # a member lacking the permission: the tenant exists and is theirs to see
+        audit(request, principal, "access.refused", tenant_id=runtime_of(request).identity.tenant(tenant)["id"],
+              outcome="refused", details={"permission": permission, "reason": str(exc)})
+        raise
+
+
+# -- session -------------------------------------------------------------------------------------------------
+@post("/session", sync_to_thread=True, summary="Sign in with email and password", opt={"public": True})
+def sign_in(request: Request, data: SignIn) -> Response[dict]:
+    identity = runtime_of(request).identity
+    user = identity.check_password(data.email, data.password)
+    if user is None:
+        audit(request, None, "auth.sign_in_failed", outcome="refused", details={"email": data.email})
+        raise Unauthorized("wrong email or password")
+    token, csrf = identity.start_session(user["id"], request.client.host if request.client else None,
+                                         request.headers.get("user-agent"))
+    principal = Principal("user", user["id"], user["email"], bool(user["is_admin"]))
+    audit(request, principal, "auth.sign_in", target_type="user", target_id=user["id"])
+    secure = request.url.scheme == "https"
+    return Response({"user": user, "csrf_token": csrf},
+                    cookies=[Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", secure=secure, path="/",
+                                    max_age=int(identity.session_ttl_s))])
+
+
+@delete("/session", sync_to_thread=True, status_code=204, summary="Sign out (this session)")
+def sign_out(request: Request, principal: Principal) -> Response[None]:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        runtime_of(request).identity.end_session(cookie)
+    audit(request, principal, "auth.sign_out", target_type="user", target_id=principal.id)
+    return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
+
+
+@delete("/sessions", sync_to_thread=True, status_code=204, summary="Sign out of every session")
+def sign_out_everywhere(request: Request, principal: Principal) -> Response[None]:
+    if principal.kind != "user":
+        raise Forbidden("only a signed-in person has sessions")
+    ended = runtime_of(request).identity.end_all_sessions(principal.id)
+    audit(request, principal, "auth.sign_out_all", target_type="user", target_id=principal.id,
+          details={"sessions": ended})
+    return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
+
+
+@get("/me", sync_to_thread=True, summary="Who the caller is, and their tenants")
+def me(request: Request, principal: Principal) -> dict:
+    identity = runtime_of(request).identity
+    tenants = [{"slug": t["slug"], "name": t["name"], "role": identity.role_in(principal, t["id"])}
+               for t in identity.tenants_of(principal)]
+    return {"kind": principal.kind, "id": principal.id, "label": principal.label, "is_admin": principal.is_admin,
+            "tenants": tenants}
+
+
+# -- tenants and users (instance admins) -----------------------------------------------------------------------
+@get("/tenants", sync_to_thread=True, summary="Tenants the caller can see")
+def list_tenants(request: Request, principal: Principal) -> list[dict]:
+    return [_tenant_view(t) for t in runtime_of(request).identity.tenants_of(principal)]
+
+
+@post("/tenants", sync_to_thread=True, summary="Create a tenant (instance admins)", opt={"admin": "creating a tenant"})
+def create_tenant(request: Request, principal: Principal, data: TenantIn) -> Response[dict]:
+    tenant = runtime_of(request).identity.create_tenant(data.slug, data.name)
+    audit(request, principal, "tenant.create", tenant_id=tenant["id"], target_type="tenant", target_id=tenant["id"],
+          details={"slug": tenant["slug"]})
+    return Response(_tenant_view(tenant), status_code=201)
+
+
+@get("/tenants/{tenant:str}", sync_to_thread=True, summary="One tenant", opt={"permission": "tenant.read"})
+def get_tenant(request: Request, principal: Principal, access: Access, tenant: str) -> dict:
+    return _tenant_view(access.tenant)
+
+
+@patch("/tenants/{tenant:str}", sync_to_thread=True,
+       summary="Rename (owners) or suspend and resume (instance admins) a tenant", opt={"permission": "tenant.settings"})
+def update_tenant(request: Request, principal: Principal, access: Access, tenant: str, data: TenantPatch) -> dict:
+    if data.status is not None:
+        Identity.require_admin(principal, "suspending or resuming a tenant")
+    updated = runtime_of(request).identity.update_tenant(access.tenant_id, name=data.name, status=data.status)
+    action = {"suspended": "tenant.suspend", "active": "tenant.resume"}.get(data.status or "", "tenant.update")
+    audit(request, principal, action, tenant_id=access.tenant_id, target_type="tenant", target_id=access.tenant_id,
+          details={k: v for k, v in (("name", data.name), ("status", data.status)) if v is not None})
+    runtime_of(request).catalog.invalidate()  # webhooks and schedules of a suspended tenant stop at once
+    return _tenant_view(updated)
+
+
+@delete("/tenants/{tenant:str}", sync_to_thread=True, status_code=204,
+        summary="Delete a tenant and all its data (instance admins)", opt={"admin": "deleting a tenant"})
+def delete_tenant(request: Request, principal: Principal, tenant: str) -> None:
+    rt = runtime_of(request)
+    found = rt.identity.tenant(tenant)
+    counts = rt.delete_tenant(found["id"])
+    audit(request, principal, "tenant.delete", tenant_id=found["id"], target_type="tenant", target_id=found["id"],
+          details={"slug": found["slug"], **counts})
+
+
+@post("/users", sync_to_thread=True, summary="Create a user (instance admins)", opt={"admin": "creating a user"})
+def create_user(request: Request, principal: Principal, data: UserIn) -> Response[dict]:
+    user = runtime_of(request).identity.create_user(data.email, data.password, name=data.name, is_admin=data.is_admin)
+    audit(request, principal, "user.create", target_type="user", target_id=user["id"],
+          details={"email": user["email"], "is_admin": bool(user["is_admin"])})
+    return Response(user, status_code=201)
+
+
+# -- members and API keys ----------------------------------------------------------------------------------
+@get("/tenants/{tenant:str}/members", sync_to_thread=True, summary="Members and their roles", opt={"permission": "members.read"})
+def list_members(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
+    return runtime_of(request).identity.members(access.tenant_id)
+
+
+@put("/tenants/{tenant:str}/members/{user_id:str}", sync_to_thread=True,
+     summary="Add a member or change their role", opt={"permission": "members.manage"})
+def set_member(request: Request, principal: Principal, access: Access, tenant: str, user_id: str, data: MemberIn) -> dict:
+    member = runtime_of(request).identity.set_role(access, user_id, data.role)
+    audit(request, principal, "member.set_role", tenant_id=access.tenant_id, target_type="user", target_id=user_id,
+          details={"role": data.role})
+    return member
+
+
+@delete("/tenants/{tenant:str}/members/{user_id:str}", sync_to_thread=True, status_code=204,
+        summary="Remove a member", opt={"permission": "members.manage"})
+def remove_member(request: Request, principal: Principal, access: Access, tenant: str, user_id: str) -> None:
+    runtime_of(request).identity.remove_member(access, user_id)
+    audit(request, principal, "member.remove", tenant_id=access.tenant_id, target_type="user", target_id=user_id)
+
+
+@get("/tenants/{tenant:str}/api-keys", sync_to_thread=True, summary="API keys (never the keys themselves)", opt={"permission": "api_keys.manage"})
+def list_keys(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
+    return runtime_of(request).identity.keys(access.tenant_id)
+
+
+@post("/tenants/{tenant:str}/api-keys", sync_to_thread=True,
+      summary="Create an API key; the key is in this response only", opt={"permission": "api_keys.manage"})
+def create_key(request: Request, principal: Principal, access: Access, tenant: str, data: KeyIn) -> Response[dict]:
+    meta, key = runtime_of(request).identity.create_key(access, principal, data.name, data.role, data.expires_at)
+    audit(request, principal, "api_key.create", tenant_id=access.tenant_id, target_type="api_key",
+          target_id=meta["id"], details={"name": meta["name"], "role": meta["role"]})
+    return Response({**meta, "key": key}, status_code=201)
+
+
+@post("/tenants/{tenant:str}/api-keys/{key_id:str}/revoke", sync_to_thread=True, status_code=200,
+      summary="Revoke an API key (it stops working on the next request)", opt={"permission": "api_keys.manage"})
+def revoke_key(request: Request, principal: Principal, access: Access, tenant: str, key_id: str) -> dict:
+    meta = runtime_of(request).identity.revoke_key(access.tenant_id, key_id)
+    audit(request, principal, "api_key.revoke", tenant_id=access.tenant_id, target_type="api_key", target_id=key_id)
+    return meta
+
+
+# -- flows --------------------------------------------------------------------------------------------------
+@get("/tenants/{tenant:str}/flows", sync_to_thread=True, summary="Flows", opt={"permission": "flows.read"})
+def list_flows(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
+    return [_flow_view(f) for f in runtime_of(request).catalog.flows(access.tenant_id)]
+
+
+@post("/tenants/{tenant:str}/flows", sync_to_thread=True, summary="Create a flow, or save a new version of one", opt={"permission": "flows.write"})
+def save_flow(request: Request, principal: Principal, access: Access, tenant: str, data: dict[str, Any]) -> Response[dict]:
+    row = runtime_of(request).catalog.save_flow(access.tenant_id, data)
+    audit(request, principal, "flow.save", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
+          details={"name": row.name, "version": row.version})
+    return Response(_flow_view(row, definition=True), status_code=201 if row.version == 1 else 200)
+
+
+@post("/tenants/{tenant:str}/flows/validate", sync_to_thread=True, status_code=200,
+      summary="Check a flow without saving it", opt={"permission": "flows.read"})
+def validate_flow(request: Request, principal: Principal, access: Access, tenant: str, data: dict[str, Any]) -> dict:
+    flow = runtime_of(request).catalog.validate(data)
+    return {"valid": True, "name": flow.name, "nodes": len(flow.nodes)}
+
+
+@get("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="A flow with its definition", opt={"permission": "flows.read"})
+def get_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> dict:
+    return _flow_view(runtime_of(request).catalog.flow(access.tenant_id, name), definition=True)
+
+
+@put("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="Save a new version of a flow", opt={"permission": "flows.write"})
+def update_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str, data: dict[str, Any]) -> dict:
+    catalog = runtime_of(request).catalog
+    catalog.flow(access.tenant_id, name)
+    if data.get("name", name) != name:
+        raise Invalid("name", f"the body names the flow {data.get('name')!r} but the URL names {name!r}")
+    row = catalog.save_flow(access.tenant_id, {**data, "name": name})
+    audit(request, principal, "flow.save", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
+          details={"name": row.name, "version": row.version})
+    return _flow_view(row, definition=True)
+
+
+@delete("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, status_code=204, summary="Delete a flow", opt={"permission": "flows.write"})
+def delete_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> None:
+    catalog = runtime_of(request).catalog
+    row = catalog.flow(access.tenant_id, name)
+    catalog.delete_flow(access.tenant_id, name)
+    audit(request, principal, "flow.delete", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
+          details={"name": name})
+
+
+@get("/tenants/{tenant:str}/flows/{name:str}/versions", sync_to_thread=True, summary="A flow's saved versions", opt={"permission": "flows.read"})
+def list_versions(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> list[dict]:
+    rt = runtime_of(request)
+    row = rt.catalog.flow(access.tenant_id, name)
+    return [dict(r) for r in rt.control.query(
+        "SELECT version, created_at FROM flow_versions WHERE flow_id=? AND tenant_id=? ORDER BY version DESC",
+        (row.id, access.tenant_id))]
+
+
+@get("/tenants/{tenant:str}/flows/{name:str}/versions/{version:int}", sync_to_thread=True,
+     summary="One saved version of a flow", opt={"permission": "flows.read"})
+def get_version(request: Request, principal: Principal, access: Access, tenant: str, name: str, version: int) -> dict:
+    return {"name": name, "version": version, "definition": _version(request, access, name, version)}
+
+
+@get("/tenants/{tenant:str}/flows/{name:str}/diff", sync_to_thread=True,
+     summary="Unified diff between two versions of a flow", opt={"permission": "flows.read"})
+def diff_versions(request: Request, principal: Principal, access: Access, tenant: str, name: str,
+                  from_: int = QueryParameter(name="from", ge=1), to: int = Parameter(ge=1)) -> dict:
+    a = json.dumps(_version(request, access, name, from_), indent=2, sort_keys=True).splitlines()
+    b = json.dumps(_version(request, access, name, to), indent=2, sort_keys=True).splitlines()
+    diff = difflib.unified_diff(a, b, f"{name} v{from_}", f"{name} v{to}", lineterm="")
+    return {"name": name, "from": from_, "to": to, "diff": "\n".join(diff)}
+
+
+@post("/tenants/{tenant:str}/flows/{name:str}/versions/{version:int}/restore", sync_to_thread=True,
+      status_code=200, summary="Save an old version again as the newest one", opt={"permission": "flows.write"})
+def restore_version(request: Request, principal: Principal, access: Access, tenant: str, name: str, version: int) -> dict:
+    row = runtime_of(request).catalog.save_flow(access.tenant_id, _version(request, access, name, version))
+    audit(request, principal, "flow.restore", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
+          details={"name": name, "restored": version, "version": row.version})
+    return _flow_view(row, definition=True)
+
+
+@post("/tenants/{tenant:str}/flows/{name:str}/activate", sync_to_thread=True, status_code=200,
+      summary="Start listening to the flow's webhook or schedule", opt={"permission": "flows.write"})
+def activate_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> dict:
+    return _set_active(request, principal, access, name, True)
+
+
+@post("/tenants/{tenant:str}/flows/{name:str}/deactivate", sync_to_thread=True, status_code=200,
+      summary="Stop the flow's webhook or schedule", opt={"permission": "flows.write"})
+def deactivate_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> dict:
+    return _set_active(request, principal, access, name, False)
+
+
+@post("/tenants/{tenant:str}/flows/{name:str}/run", sync_to_thread=True, status_code=202,
+      summary="Queue an execution now with the given input items", opt={"permission": "flows.run"})
+def run_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str, data: RunIn) -> dict:
+    rt = runtime_of(request)
+    row = rt.catalog.flow(access.tenant_id, name)
+    items = [data.input] if isinstance(data.input, dict) else data.input
+    started = rt.queue_execution(row, "manual", items, meta={"by": principal.label})
+    audit(request, principal, "flow.run", tenant_id=access.tenant_id, target_type="execution",
+          target_id=started.id, details={"flow": name})
+    return {"execution_id": started.id, "status": "queued"}
+
+
+# -- executions --------------------------------------------------------------------------------------------
+@get("/tenants/{tenant:str}/executions", sync_to_thread=True,
+     summary="Executions, newest first; page with `before` = the last id of the previous page", opt={"permission": "executions.read"})
+def list_executions(request: Request, principal: Principal, access: Access, tenant: str, flow: str | None = None,
+                    status: str | None = None, before: str | None = None,
+                    limit: int = Parameter(default=50, ge=1, le=500)) -> dict:
+    rt = runtime_of(request)
+    flow_id = rt.catalog.flow(access.tenant_id, flow).id if flow else None
+    rows = rt.runs.list(access.tenant_id, flow_id=flow_id, status=status, limit=limit, before=before)
+    return {"items": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
+
+
+@get("/tenants/{tenant:str}/executions/{execution_id:str}", sync_to_thread=True,
+     summary="One execution with every step", opt={"permission": "executions.read"})
+def get_execution(request: Request, principal: Principal, access: Access, tenant: str, execution_id: str) -> dict:
+    found = runtime_of(request).runs.show(execution_id, access.tenant_id)
+    if found is None:
+        raise NotFound(f"no execution {execution_id!r} in this tenant")
+    return found
+
+
+@post("/tenants/{tenant:str}/executions/{execution_id:str}/cancel", sync_to_thread=True, status_code=202,
+      summary="Cancel a queued, waiting or running execution", opt={"permission": "executions.cancel"})
+def cancel_execution(request: Request, principal: Principal, access: Access, tenant: str, execution_id: str) -> dict:
+    rt = runtime_of(request)
+    if rt.runs.show(execution_id, access.tenant_id) is None:
+        raise NotFound(f"no execution {execution_id!r} in this tenant")
+    before = rt.cancel(execution_id)
+    if before in FINAL:
+        raise Conflict(f"execution {execution_id} has already {before}")
+    audit(request, principal, "execution.cancel", tenant_id=access.tenant_id, target_type="execution",
+          target_id=execution_id)
+    return {"id": execution_id, "status_before": before}
+
+
+# -- variables and credentials -----------------------------------------------------------------------------
+@get("/tenants/{tenant:str}/variables", sync_to_thread=True, summary="Tenant variables (`vars` in expressions)", opt={"permission": "variables.read"})
+def list_variables(request: Request, principal: Principal, access: Access, tenant: str) -> dict:
+    return runtime_of(request).catalog.variables(access.tenant_id)
+
+
+@put("/tenants/{tenant:str}/variables/{name:str}", sync_to_thread=True, summary="Set a variable", opt={"permission": "variables.write"})
+def set_variable(request: Request, principal: Principal, access: Access, tenant: str, name: str, data: VariableIn) -> dict:
+    if not name.isidentifier():
+        raise Invalid("name", "use letters, digits and underscores, not starting with a digit")
+    runtime_of(request).catalog.set_variable(access.tenant_id, name, data.value)
+    audit(request, principal, "variable.set", tenant_id=access.tenant_id, target_type="variable", target_id=name)
+    return {"name": name, "value": data.value}
+
+
+@delete("/tenants/{tenant:str}/variables/{name:str}", sync_to_thread=True, status_code=204,
+        summary="Delete a variable", opt={"permission": "variables.write"})
+def delete_variable(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> None:
+    if not runtime_of(request).catalog.delete_variable(access.tenant_id, name):
+        raise NotFound(f"no variable {name!r}")
+    audit(request, principal, "variable.delete", tenant_id=access.tenant_id, target_type="variable", target_id=name)
+
+
+@get("/tenants/{tenant:str}/credentials", sync_to_thread=True,
+     summary="Credentials: names, types and which fields are set, never their values", opt={"permission": "credentials.read"})
+def list_credentials(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
+    return runtime_of(request).vault.list(access.tenant_id)
+
+
+@post("/tenants/{tenant:str}/credentials", sync_to_thread=True,
+      summary="Create or replace a credential (its values are write-only)", opt={"permission": "credentials.write"})
+def put_credential(request: Request, principal: Principal, access: Access, tenant: str, data: CredentialIn) -> Response[dict]:
+    vault = runtime_of(request).vault
+    cid = vault.put(access.tenant_id, data.name, data.type, data.data)
+    audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
+          details={"name": data.name, "type": data.type, "fields": sorted(data.data)})
+    return Response(next(c for c in vault.list(access.tenant_id) if c["id"] == cid), status_code=201)
+
+
+@delete("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True, status_code=204,
+        summary="Delete a credential", opt={"permission": "credentials.write"})
+def delete_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str) -> None:
+    if not runtime_of(request).vault.delete(access.tenant_id, credential_id):
+        raise NotFound(f"no credential {credential_id!r}")
+    audit(request, principal, "credential.delete", tenant_id=access.tenant_id, target_type="credential",
+          target_id=credential_id)
+
+
+# -- audit ---------------------------------------------------------------------------------------------------
+@get("/tenants/{tenant:str}/audit", sync_to_thread=True,
+     summary="The tenant's audit log, newest first; page with `before` = the last seq of the previous page", opt={"permission": "audit.read"})
+def tenant_audit(request: Request, principal: Principal, access: Access, tenant: str, actor: str | None = None,
+                 action: str | None = None, target: str | None = None, since: float | None = None,
+                 until: float | None = None, before: int | None = None,
+                 limit: int = Parameter(default=50, ge=1, le=500)) -> dict:
+    rows = runtime_of(request).audit.query(tenant_id=access.tenant_id, actor=actor, action=action, target=target,
+                                           since=since, until=until, before_seq=before, limit=limit)
+    return {"items": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
+
+
+@get("/audit", sync_to_thread=True, summary="The whole audit log (instance admins)", opt={"admin": "reading the whole audit log"})
+def instance_audit(request: Request, principal: Principal, tenant: str | None = None, actor: str | None = None,
+                   action: str | None = None, target: str | None = None, since: float | None = None,
+                   until: float | None = None, before: int | None = None,
+                   limit: int = Parameter(default=50, ge=1, le=500)) -> dict:
+    tenant_id = runtime_of(request).identity.tenant(tenant)["id"] if tenant else None
+    rows = runtime_of(request).audit.query(tenant_id=tenant_id, actor=actor, action=action, target=target,
+                                           since=since, until=until, before_seq=before, limit=limit)
+    return {"items": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _tenant_view(t: dict[str, Any]) -> dict[str, Any]:
+    view = {"id": t["id"], "slug": t["slug"], "name": t["name"], "status": t["status"], "created_at": t["created_at"]}
+    if "role" in t:
+        view["role"] = t["role"]
+    return view
+
+
+def _flow_view(row, definition: bool = False) -> dict[str, Any]:
+    view = {"id": row.id, "name": row.name, "version": row.version, "active": row.active,
+            "trigger": row.trigger_type, "updated_at": row.updated_at}
+    if row.webhook_path:
+        view["webhook"] = {"method": row.webhook_method, "path": row.webhook_path}
+    if definition:
+        view["definition"] = row.doc
+    return view
+
+
+def _version(request: Request, access: Access, name: str, version: int) -> dict[str, Any]:
+    rt = runtime_of(request)
+    row = rt.catalog.flow(access.tenant_id, name)
+    found = rt.control.one("SELECT definition FROM flow_versions WHERE flow_id=? AND tenant_id=? AND version=?",
+                           (row.id, access.tenant_id, version))
+    if found is None:
+        raise NotFound(f"flow {name!r} has no version {version}")
+    return json.loads(found["definition"])
+
+
+def _set_active(request: Request, principal: Principal, access: Access, name: str, active: bool) -> dict:
+    row = runtime_of(request).catalog.set_active(access.tenant_id, name, active)
+    audit(request, principal, "flow.activate" if active else "flow.deactivate", tenant_id=access.tenant_id,
+          target_type="flow", target_id=row.id, details={"name": name})
+    return _flow_view(row)
+
+
+# -- errors: RFC 9457 problem details ---------------------------------------------------------------------
+def problem(status: int, title: str, detail: str, errors: list[dict] | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, Unauthorized):
+        return problem(401, "Unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="flowfuse"'})
+    if isinstance(exc, Forbidden):
+        return problem(403, "Forbidden", str(exc))
+    if isinstance(exc, NotFound):
+        return problem(404, "Not Found", str(exc).strip("'\""))
+    if isinstance(exc, Conflict):
+        return problem(409, "Conflict", str(exc))
+    if isinstance(exc, Invalid):
+        return problem(422, "Invalid", str(exc), [{"field": exc.field, "message": exc.message}])
+    if isinstance(exc, FlowInvalid):
+        errors = [{"field": f"nodes.{e.node}" if e.node else "flow", "message": e.message} for e in exc.errors]
+        return problem(422, "Invalid flow", f"the flow has {len(errors)} problem(s)", errors)
+    if isinstance(exc, ValidationException):
+        errors = [{"field": str(e.get("key") or e.get("source") or "body"), "message": str(e.get("message"))}
+                  for e in (exc.extra or []) if isinstance(e, dict)]
+        return problem(400, "Bad Request", exc.detail or "the request is malformed", errors)
+    if isinstance(exc, ValueError):  # the vault's and the stores' validation messages
+        return problem(422, "Invalid", str(exc))
+    if isinstance(exc, HTTPException):
+        return problem(exc.status_code, exc.detail or "Error", exc.detail or "", headers=exc.headers)
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal Server Error", "something went wrong on our side; the error is in the server log")
+
+
+async def authenticate(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The API's one guard. It runs before the body is read, so a caller without access to a
+    tenant learns nothing about it, not even which fields a request there would need."""
+    if handler.opt.get("public"):
+        return
+    request = connection
+    principal = await asyncio.to_thread(principal_of, request)
+    request.state.principal = principal
+    if "admin" in handler.opt:
+        Identity.require_admin(principal, handler.opt["admin"])
+    permission = handler.opt.get("permission")
+    if permission:
+        request.state.access = await asyncio.to_thread(_guard, request, principal, connection.path_params["tenant"],
+                                                       permission)
+
+
+def _principal(request: Request) -> Principal:
+    return request.state.principal
+
+
+def _access(request: Request) -> Access:
+    return request.state.access
+
+
+HANDLERS = [sign_in, sign_out, sign_out_everywhere, me, list_tenants, create_tenant, get_tenant, update_tenant,
+            delete_tenant, create_user, list_members, set_member, remove_member, list_keys, create_key, revoke_key,
+            list_flows, save_flow, validate_flow, get_flow, update_flow, delete_flow, list_versions, get_version,
+            diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
+            get_execution, cancel_execution, list_variables, set_variable, delete_variable, list_credentials,
+            put_credential, delete_credential, tenant_audit, instance_audit]
+
+router = Router(path="/api/v1", route_handlers=HANDLERS, guards=[authenticate],
+                dependencies={"principal": Provide(_principal, sync_to_thread=False),
+                              "access": Provide(_access, sync_to_thread=False)},
+                exception_handlers={Exception: _on_error}, tags=["v1"])
+
+__all__ = ["router", "problem", "Body"]
