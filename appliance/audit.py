@@ -116,7 +116,7 @@ def _appender(fields: dict[str, Any]) -> Callable[[sqlite3.Connection], tuple[in
 
 @dataclass
 class VerifyResult:
-    """What `verify` found. `entries`: how many entries, from the first, are sound (all before the bad one);
+    """What `verify` found. `entries`: how many entries, from the first, are known to be sound;
     `first_bad_seq`: the first entry that was tampered with (None if the log is intact, or if the
     problem is with audit.head itself); `problem`: what is wrong, in words."""
 
@@ -219,7 +219,7 @@ class AuditLog:
             return VerifyResult(False, last_seq, last_seq + 1, f"{_span(last_seq + 1, head[0])} removed from the "
                                 f"end of the log (audit.head records entry {head[0]} as written)")
         if hash_at_head != head[1]:
-            return VerifyResult(False, last_seq, head[0], f"entry {head[0]} is not the entry audit.head recorded: "
+            return VerifyResult(False, 0, head[0], f"entry {head[0]} is not the entry audit.head recorded: "
                                 f"the log was rewritten up to entry {head[0]}, hashes and all")
         return VerifyResult(True, last_seq)
 

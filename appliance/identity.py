@@ -36,10 +36,8 @@ PERMISSIONS: dict[str, str] = {
     "credentials.read": "viewer",  # names, types and which fields are set; never values
     "variables.read": "viewer",
     "members.read": "viewer",
-    "usage.read": "viewer",
     "flows.run": "operator",
     "executions.cancel": "operator",
-    "executions.retry": "operator",
     "flows.write": "editor",
     "credentials.write": "editor",
     "variables.write": "editor",

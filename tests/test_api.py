@@ -6,11 +6,12 @@ import json
 import re
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from appliance.identity import PERMISSIONS, ROLES, role_at_least
+from appliance.identity import PERMISSIONS, ROLES, role_at_least, roles_with
 from tests.conftest import Server, flowfuse, free_port, poll
 from web.api import HANDLERS
 
@@ -375,3 +376,11 @@ def test_api_docs_are_served_from_the_appliance(api):
     assert not re.search(r"""(src|href)=["']https?://""", page.text), "the docs page must not load from the internet"
     script = httpx.get(f"{api.url}/static/vendor/redoc/redoc.standalone.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_the_readme_prints_the_permission_table():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for permission in PERMISSIONS:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{permission}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert [r for r, c in zip(ROLES, cells) if c == "yes"] == roles_with(permission), row

