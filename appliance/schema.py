@@ -1,4 +1,4 @@
-"""Numbered migrations of flowfuse.db (control data) and runs.db (executions and steps).
+"""Numbered migrations of flowfuse.db (control data), runs.db (executions and steps) and audit.db (the audit log).
 
 Every row that belongs to a tenant carries `tenant_id`. Add a migration; never edit one that shipped.
 """

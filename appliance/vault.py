@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from engine.nodes import Credential, CredentialType, Registry
+from engine.nodes import Credential, Registry
 
 from .db import Database, file_lock
 
@@ -179,18 +179,20 @@ class Vault:
             if finished is not None:
                 return finished
         if key is None:
-            raise CredentialError(f"{self.key_path.name} is missing: restore it from your backup or set {ENV_KEY}; "
-                                  "nothing was changed")
+            raise self._missing_key()
         source = ENV_KEY if self.key_from_environment else str(self.key_path)
         raise CredentialError(f"the master key does not match this data directory (from {source}): use the key it "
                               "was created or last rotated with; nothing was changed")
+
+    def _missing_key(self) -> CredentialError:
+        return CredentialError(f"{self.key_path.name} is missing: restore it from your backup or set {ENV_KEY}; "
+                               "nothing was changed")
 
     def _adopt(self, key: bytes | None) -> bytes:
         """Record the check value of `key` in a data directory that has none (new, or made before
         envelope encryption, where the key must decrypt the credentials of the old format)."""
         if key is None:
-            raise CredentialError(f"{self.key_path.name} is missing: restore it from your backup or set {ENV_KEY}; "
-                                  "nothing was changed")
+            raise self._missing_key()
         legacy = self._legacy_rows()
         if legacy and not any(self._legacy_plaintext(key, row) is not None for row in legacy):
             raise CredentialError("the master key does not match this data directory: it decrypts none of its "
@@ -251,7 +253,7 @@ class Vault:
         return conn.execute("SELECT nonce, wrapped FROM tenant_keys WHERE tenant_id=?", (tenant_id,)).fetchone()
 
     # -- credentials -------------------------------------------------------------------------------------------
-    def _checked(self, type_: str, data: Any) -> CredentialType:
+    def _validate(self, type_: str, data: Any) -> None:
         spec = self.registry.credential_type(type_)
         if spec is None:
             raise CredentialError(f"unknown credential type {type_!r}; types: "
@@ -261,7 +263,6 @@ class Vault:
         problems = spec.problems(data)
         if problems:
             raise CredentialError("; ".join(problems))
-        return spec
 
     @staticmethod
     def _encrypt(aead: AESGCM, tenant_id: str, credential_id: str, type_: str,
@@ -282,19 +283,21 @@ class Vault:
 
     def put(self, tenant_id: str, name: str, type_: str, data: dict[str, Any]) -> str:
         """Create the credential `name`, or replace its type and fields; returns its id."""
-        self._checked(type_, data)
+        self._validate(type_, data)
         if not isinstance(name, str) or not name.strip():
             raise CredentialError("a credential needs a name")
         aead = self._data_key(tenant_id)
 
         def write(conn: sqlite3.Connection) -> str:
-            found = conn.execute("SELECT id FROM credentials WHERE tenant_id=? AND name=?", (tenant_id, name)).fetchone()
+            found = conn.execute("SELECT id FROM credentials WHERE tenant_id=? AND name=?",
+                                 (tenant_id, name)).fetchone()
             credential_id = found["id"] if found else "c_" + secrets.token_hex(8)
             nonce, ciphertext = self._encrypt(aead, tenant_id, credential_id, type_, data)
             now = time.time()
-            conn.execute("INSERT INTO credentials (id, tenant_id, name, type, nonce, ciphertext, created_at, updated_at) "
-                         "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (tenant_id, name) DO UPDATE SET type=excluded.type, "
-                         "nonce=excluded.nonce, ciphertext=excluded.ciphertext, updated_at=excluded.updated_at",
+            conn.execute("INSERT INTO credentials (id, tenant_id, name, type, nonce, ciphertext, created_at, "
+                         "updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (tenant_id, name) DO UPDATE SET "
+                         "type=excluded.type, nonce=excluded.nonce, ciphertext=excluded.ciphertext, "
+                         "updated_at=excluded.updated_at",
                          (credential_id, tenant_id, name, type_, nonce, ciphertext, now, now))
             return credential_id
         return self.db.write(write)
@@ -306,7 +309,7 @@ class Vault:
         row = self._row(tenant_id, credential_id)
         stored = self._decrypt(tenant_id, row)
         fields = {k: v for k, v in {**stored["fields"], **(data or {})}.items() if v is not None}
-        self._checked(stored["type"], fields)
+        self._validate(stored["type"], fields)
         new_name = row["name"] if name is None else name
         if not isinstance(new_name, str) or not new_name.strip():
             raise CredentialError("a credential needs a name")
@@ -380,8 +383,11 @@ class Vault:
     def _convert_legacy(self) -> None:
         """Re-encrypt the credentials of the old format under their tenant's data key, one
         transaction each (insert the new row, delete the old), so a crash loses none."""
+        rows = self._legacy_rows()
+        if not rows:
+            return
         master = self._master_key()
-        for row in self._legacy_rows():
+        for row in rows:
             stored = self._legacy_plaintext(master, row)
             if stored is None:
                 log.warning("credential %r of tenant %s (old format) does not decrypt with the master key; it stays "
@@ -426,6 +432,7 @@ class Vault:
             raise CredentialError(f"the master key comes from {ENV_KEY}: pass the new key, shown to the operator "
                                   "first, since no file will keep it")
         new = new_key or secrets.token_bytes(32)
+        self._master_key()  # a missing or wrong key stops here with the message start-up gives
         with file_lock(self._lock_path):  # one rotation at a time, and no start-up finishing one meanwhile
             old = self._configured_key()
             if old is None or not _opens(old, self.db.one(CHECK_SQL)["value"]):

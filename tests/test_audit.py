@@ -172,7 +172,7 @@ TAMPERING = {  # how to tamper: (change, first bad seq, entries known sound, the
     "details edited": (_edit_details, 7, 6, "entry 7 was changed after it was written"),
     "removed": (_delete_middle, 100, 99, "entry 100 was removed (the log jumps from entry 99 to entry 101)"),
     "first removed": (_delete_first, 1, 0, "entry 1 was removed (the log jumps from the start of the log to entry 2)"),
-    "inserted between": (_insert_between, 150, 149, "entry 150 was inserted (the entry now numbered 151 was written as"),
+    "inserted between": (_insert_between, 150, 149, "entry 150 was inserted (the entry now numbered 151 was"),
     "inserted at the end": (_insert_at_end, 301, 300, "entry 301 does not follow entry 300"),
     "reordered": (_swap(60, 200), 60, 59, "entry 60 holds what was written as entry 200: entries were reordered"),
     "neighbours swapped": (_swap(60, 61), 60, 59, "entry 60 holds what was written as entry 61"),

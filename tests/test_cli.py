@@ -75,7 +75,7 @@ def test_init_creates_the_data_directory_once(tmp_path):
 
     again = ok_json(flowfuse("init", "--data-dir", str(data)))
     assert again["tenant"] == made["tenant"]  # the same tenant 'default', not a second one
-    assert again["migrations"] == {"flowfuse.db": [], "runs.db": []}
+    assert again["migrations"] == {"flowfuse.db": [], "runs.db": [], "audit.db": []}
     assert (data / "flowfuse.key").read_bytes() == key  # the master key is never replaced
 
     assert ok_json(flowfuse("flow", "list", "--data-dir", str(data))) == []

@@ -57,7 +57,7 @@ def test_round_trip_and_replace_by_name(settings):
         assert rt.vault.get(tid, "site") == {"type": "bearer", "token": "tok-5678"}
         assert rt.vault.delete(tid, cid) is True
         assert rt.vault.delete(tid, cid) is False
-        with pytest.raises(LookupError, match="credential 'site' does not exist; add it with `flowfuse credentials set"):
+        with pytest.raises(LookupError, match="credential 'site' does not exist; add it with `flowfuse credentials"):
             rt.vault.get(tid, "site")
     ciphertexts = sql(settings, "SELECT ciphertext FROM credentials")
     assert all(b"tok-5678" not in row["ciphertext"] for row in ciphertexts)

@@ -155,7 +155,8 @@ def sign_in(request: Request, data: SignIn) -> Response[dict]:
     audit(request, principal, "auth.sign_in", target_type="user", target_id=user["id"])
     secure = request.url.scheme == "https"
     return Response({"user": user, "csrf_token": csrf},
-                    cookies=[Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", secure=secure, path="/",
+                    cookies=[Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", secure=secure,
+                                    path="/",
                                     max_age=int(identity.session_ttl_s))])
 
 
@@ -207,7 +208,8 @@ def get_tenant(request: Request, principal: Principal, access: Access, tenant: s
 
 
 @patch("/tenants/{tenant:str}", sync_to_thread=True,
-       summary="Rename (owners) or suspend and resume (instance admins) a tenant", opt={"permission": "tenant.settings"})
+       summary="Rename (owners) or suspend and resume (instance admins) a tenant",
+       opt={"permission": "tenant.settings"})
 def update_tenant(request: Request, principal: Principal, access: Access, tenant: str, data: TenantPatch) -> dict:
     if data.status is not None:
         Identity.require_admin(principal, "suspending or resuming a tenant")
@@ -238,14 +240,16 @@ def create_user(request: Request, principal: Principal, data: UserIn) -> Respons
 
 
 # -- members and API keys ----------------------------------------------------------------------------------
-@get("/tenants/{tenant:str}/members", sync_to_thread=True, summary="Members and their roles", opt={"permission": "members.read"})
+@get("/tenants/{tenant:str}/members", sync_to_thread=True, summary="Members and their roles",
+     opt={"permission": "members.read"})
 def list_members(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
     return runtime_of(request).identity.members(access.tenant_id)
 
 
 @put("/tenants/{tenant:str}/members/{user_id:str}", sync_to_thread=True,
      summary="Add a member or change their role", opt={"permission": "members.manage"})
-def set_member(request: Request, principal: Principal, access: Access, tenant: str, user_id: str, data: MemberIn) -> dict:
+def set_member(request: Request, principal: Principal, access: Access,
+               tenant: str, user_id: str, data: MemberIn) -> dict:
     member = runtime_of(request).identity.set_role(access, user_id, data.role)
     audit(request, principal, "member.set_role", tenant_id=access.tenant_id, target_type="user", target_id=user_id,
           details={"role": data.role})
@@ -259,7 +263,8 @@ def remove_member(request: Request, principal: Principal, access: Access, tenant
     audit(request, principal, "member.remove", tenant_id=access.tenant_id, target_type="user", target_id=user_id)
 
 
-@get("/tenants/{tenant:str}/api-keys", sync_to_thread=True, summary="API keys (never the keys themselves)", opt={"permission": "api_keys.manage"})
+@get("/tenants/{tenant:str}/api-keys", sync_to_thread=True, summary="API keys (never the keys themselves)",
+     opt={"permission": "api_keys.manage"})
 def list_keys(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
     return runtime_of(request).identity.keys(access.tenant_id)
 
@@ -287,8 +292,10 @@ def list_flows(request: Request, principal: Principal, access: Access, tenant: s
     return [_flow_view(f) for f in runtime_of(request).catalog.flows(access.tenant_id)]
 
 
-@post("/tenants/{tenant:str}/flows", sync_to_thread=True, summary="Create a flow, or save a new version of one", opt={"permission": "flows.write"})
-def save_flow(request: Request, principal: Principal, access: Access, tenant: str, data: dict[str, Any]) -> Response[dict]:
+@post("/tenants/{tenant:str}/flows", sync_to_thread=True, summary="Create a flow, or save a new version of one",
+      opt={"permission": "flows.write"})
+def save_flow(request: Request, principal: Principal, access: Access,
+              tenant: str, data: dict[str, Any]) -> Response[dict]:
     row = runtime_of(request).catalog.save_flow(access.tenant_id, data)
     audit(request, principal, "flow.save", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
           details={"name": row.name, "version": row.version})
@@ -302,13 +309,16 @@ def validate_flow(request: Request, principal: Principal, access: Access, tenant
     return {"valid": True, "name": flow.name, "nodes": len(flow.nodes)}
 
 
-@get("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="A flow with its definition", opt={"permission": "flows.read"})
+@get("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="A flow with its definition",
+     opt={"permission": "flows.read"})
 def get_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> dict:
     return _flow_view(runtime_of(request).catalog.flow(access.tenant_id, name), definition=True)
 
 
-@put("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="Save a new version of a flow", opt={"permission": "flows.write"})
-def update_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str, data: dict[str, Any]) -> dict:
+@put("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, summary="Save a new version of a flow",
+     opt={"permission": "flows.write"})
+def update_flow(request: Request, principal: Principal, access: Access,
+                tenant: str, name: str, data: dict[str, Any]) -> dict:
     catalog = runtime_of(request).catalog
     catalog.flow(access.tenant_id, name)
     if data.get("name", name) != name:
@@ -319,7 +329,8 @@ def update_flow(request: Request, principal: Principal, access: Access, tenant: 
     return _flow_view(row, definition=True)
 
 
-@delete("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, status_code=204, summary="Delete a flow", opt={"permission": "flows.write"})
+@delete("/tenants/{tenant:str}/flows/{name:str}", sync_to_thread=True, status_code=204, summary="Delete a flow",
+        opt={"permission": "flows.write"})
 def delete_flow(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> None:
     catalog = runtime_of(request).catalog
     row = catalog.flow(access.tenant_id, name)
@@ -328,7 +339,8 @@ def delete_flow(request: Request, principal: Principal, access: Access, tenant: 
           details={"name": name})
 
 
-@get("/tenants/{tenant:str}/flows/{name:str}/versions", sync_to_thread=True, summary="A flow's saved versions", opt={"permission": "flows.read"})
+@get("/tenants/{tenant:str}/flows/{name:str}/versions", sync_to_thread=True, summary="A flow's saved versions",
+     opt={"permission": "flows.read"})
 def list_versions(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> list[dict]:
     rt = runtime_of(request)
     row = rt.catalog.flow(access.tenant_id, name)
@@ -355,7 +367,8 @@ def diff_versions(request: Request, principal: Principal, access: Access, tenant
 
 @post("/tenants/{tenant:str}/flows/{name:str}/versions/{version:int}/restore", sync_to_thread=True,
       status_code=200, summary="Save an old version again as the newest one", opt={"permission": "flows.write"})
-def restore_version(request: Request, principal: Principal, access: Access, tenant: str, name: str, version: int) -> dict:
+def restore_version(request: Request, principal: Principal, access: Access,
+                    tenant: str, name: str, version: int) -> dict:
     row = runtime_of(request).catalog.save_flow(access.tenant_id, _version(request, access, name, version))
     audit(request, principal, "flow.restore", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
           details={"name": name, "restored": version, "version": row.version})
@@ -388,7 +401,8 @@ def run_flow(request: Request, principal: Principal, access: Access, tenant: str
 
 # -- executions --------------------------------------------------------------------------------------------
 @get("/tenants/{tenant:str}/executions", sync_to_thread=True,
-     summary="Executions, newest first; page with `before` = the last id of the previous page", opt={"permission": "executions.read"})
+     summary="Executions, newest first; page with `before` = the last id of the previous page",
+     opt={"permission": "executions.read"})
 def list_executions(request: Request, principal: Principal, access: Access, tenant: str, flow: str | None = None,
                     status: str | None = None, before: str | None = None,
                     limit: int = Parameter(default=50, ge=1, le=500)) -> dict:
@@ -422,13 +436,16 @@ def cancel_execution(request: Request, principal: Principal, access: Access, ten
 
 
 # -- variables and credentials -----------------------------------------------------------------------------
-@get("/tenants/{tenant:str}/variables", sync_to_thread=True, summary="Tenant variables (`vars` in expressions)", opt={"permission": "variables.read"})
+@get("/tenants/{tenant:str}/variables", sync_to_thread=True, summary="Tenant variables (`vars` in expressions)",
+     opt={"permission": "variables.read"})
 def list_variables(request: Request, principal: Principal, access: Access, tenant: str) -> dict:
     return runtime_of(request).catalog.variables(access.tenant_id)
 
 
-@put("/tenants/{tenant:str}/variables/{name:str}", sync_to_thread=True, summary="Set a variable", opt={"permission": "variables.write"})
-def set_variable(request: Request, principal: Principal, access: Access, tenant: str, name: str, data: VariableIn) -> dict:
+@put("/tenants/{tenant:str}/variables/{name:str}", sync_to_thread=True, summary="Set a variable",
+     opt={"permission": "variables.write"})
+def set_variable(request: Request, principal: Principal, access: Access,
+                 tenant: str, name: str, data: VariableIn) -> dict:
     if not name.isidentifier():
         raise Invalid("name", "use letters, digits and underscores, not starting with a digit")
     runtime_of(request).catalog.set_variable(access.tenant_id, name, data.value)
@@ -445,14 +462,16 @@ def delete_variable(request: Request, principal: Principal, access: Access, tena
 
 
 @get("/tenants/{tenant:str}/credentials", sync_to_thread=True,
-     summary="Credentials: names, types and which fields are set, never their values", opt={"permission": "credentials.read"})
+     summary="Credentials: names, types and which fields are set, never their values",
+     opt={"permission": "credentials.read"})
 def list_credentials(request: Request, principal: Principal, access: Access, tenant: str) -> list[dict]:
     return runtime_of(request).vault.list(access.tenant_id)
 
 
 @post("/tenants/{tenant:str}/credentials", sync_to_thread=True,
       summary="Create or replace a credential (its values are write-only)", opt={"permission": "credentials.write"})
-def put_credential(request: Request, principal: Principal, access: Access, tenant: str, data: CredentialIn) -> Response[dict]:
+def put_credential(request: Request, principal: Principal, access: Access,
+                   tenant: str, data: CredentialIn) -> Response[dict]:
     vault = runtime_of(request).vault
     cid = vault.put(access.tenant_id, data.name, data.type, data.data)
     audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
@@ -471,7 +490,8 @@ def delete_credential(request: Request, principal: Principal, access: Access, te
 
 # -- audit ---------------------------------------------------------------------------------------------------
 @get("/tenants/{tenant:str}/audit", sync_to_thread=True,
-     summary="The tenant's audit log, newest first; page with `before` = the last seq of the previous page", opt={"permission": "audit.read"})
+     summary="The tenant's audit log, newest first; page with `before` = the last seq of the previous page",
+     opt={"permission": "audit.read"})
 def tenant_audit(request: Request, principal: Principal, access: Access, tenant: str, actor: str | None = None,
                  action: str | None = None, target: str | None = None, since: float | None = None,
                  until: float | None = None, before: int | None = None,
@@ -481,7 +501,8 @@ def tenant_audit(request: Request, principal: Principal, access: Access, tenant:
     return {"items": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
 
 
-@get("/audit", sync_to_thread=True, summary="The whole audit log (instance admins)", opt={"admin": "reading the whole audit log"})
+@get("/audit", sync_to_thread=True, summary="The whole audit log (instance admins)",
+     opt={"admin": "reading the whole audit log"})
 def instance_audit(request: Request, principal: Principal, tenant: str | None = None, actor: str | None = None,
                    action: str | None = None, target: str | None = None, since: float | None = None,
                    until: float | None = None, before: int | None = None,
