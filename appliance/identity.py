@@ -13,6 +13,7 @@ These are 256-bit random values, so a fast hash is enough; passwords use argon2i
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import sqlite3
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .catalog import Conflict, NotFound
+from . import mfa
 from .db import Database
+from .vault import Vault
 
 #: Tenant roles, lowest first: each has every permission of the roles before it.
 ROLES = ("viewer", "operator", "editor", "admin", "owner")
@@ -99,6 +102,8 @@ class Principal:
     role: str | None = None
     #: For a session: its CSRF token (unsafe requests made with the cookie must echo it).
     csrf: str | None = None
+    #: For a person: whether they sign in with a second factor (tenants may require it).
+    mfa: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,10 @@ class Access:
 class Identity:
     """Users, memberships, sessions and API keys in flowfuse.db."""
 
-    def __init__(self, db: Database, session_ttl_s: float = 14 * 86400, key_touch_s: float = 60.0):
+    def __init__(self, db: Database, vault: Vault, session_ttl_s: float = 14 * 86400, key_touch_s: float = 60.0):
         self.db = db
+        self.vault = vault
+        self.throttle = SignInThrottle()
         self.session_ttl_s = session_ttl_s
         self.key_touch_s = key_touch_s
         self._touched: dict[str, float] = {}
@@ -162,17 +169,142 @@ class Identity:
                         (name, status, tenant_id))
         return self.tenant(tenant_id)
 
+    def update_settings(self, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change tenant settings (only the known ones: see TENANT_SETTINGS)."""
+        for name, value in changes.items():
+            if name not in TENANT_SETTINGS:
+                raise Invalid(name, f"unknown setting; settings: {', '.join(TENANT_SETTINGS)}")
+            if not isinstance(value, TENANT_SETTINGS[name]):
+                raise Invalid(name, f"must be {TENANT_SETTINGS[name].__name__}")
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT settings FROM tenants WHERE id=?", (tenant_id,)).fetchone()
+            merged = {**json.loads(row["settings"] or "{}"), **changes}
+            conn.execute("UPDATE tenants SET settings=? WHERE id=?", (json.dumps(merged), tenant_id))
+        self.db.write(write)
+        return tenant_settings(self.tenant(tenant_id))
+
+    # -- first run, invitations and password resets ------------------------------------------------------
+    def set_up(self, email: str, password: str) -> dict[str, Any]:
+        """The first person: an instance admin who owns 'default'. Refused once anyone exists."""
+        self._check_new_password(email, password)
+        uid, now = "u_" + secrets.token_hex(8), time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                raise Conflict("FlowFuse is already set up; sign in instead")
+            conn.execute("INSERT INTO users (id, email, password_hash, is_admin, created_at, updated_at) "
+                         "VALUES (?,?,?,1,?,?)", (uid, email.strip(), _hash(password), now, now))
+            tenant = conn.execute("SELECT id FROM tenants WHERE slug='default'").fetchone()
+            if tenant:
+                conn.execute("INSERT INTO memberships VALUES (?,?,'owner',?)", (tenant["id"], uid, now))
+        self.db.write(write)
+        return self.user(uid)
+
+    def invite(self, access: Access, inviter: Principal, email: str, role: str,
+               ttl_s: float = 7 * 86400) -> tuple[dict[str, Any], str]:
+        """An invitation to join the tenant: (its metadata, the token for the link, shown once)."""
+        if not _EMAIL.match((email or "").strip()):
+            raise Invalid("email", "is not an email address")
+        if role not in ROLES:
+            raise Invalid("role", f"must be one of {', '.join(ROLES)}")
+        if role == "owner" and access.role != "owner":
+            raise Forbidden("only an owner can invite an owner")
+        token, iid, now = secrets.token_urlsafe(32), "i_" + secrets.token_hex(8), time.time()
+        self.db.execute("INSERT INTO invitations (id, tenant_id, email, role, token_hash, created_by, created_at, "
+                        "expires_at) VALUES (?,?,?,?,?,?,?,?)",
+                        (iid, access.tenant_id, email.strip(), role, sha256(token), inviter.id, now, now + ttl_s))
+        return self.invitation(access.tenant_id, iid), token
+
+    def invitation(self, tenant_id: str, invitation_id: str) -> dict[str, Any]:
+        row = self.db.one("SELECT id, email, role, created_by, created_at, expires_at, accepted_at FROM invitations "
+                          "WHERE tenant_id=? AND id=?", (tenant_id, invitation_id))
+        if row is None:
+            raise NotFound(f"no invitation {invitation_id!r}")
+        return dict(row)
+
+    def invitations(self, tenant_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.query(
+            "SELECT id, email, role, created_by, created_at, expires_at, accepted_at FROM invitations "
+            "WHERE tenant_id=? ORDER BY id DESC", (tenant_id,))]
+
+    def revoke_invitation(self, tenant_id: str, invitation_id: str) -> None:
+        if self.db.execute("DELETE FROM invitations WHERE tenant_id=? AND id=? AND accepted_at IS NULL",
+                           (tenant_id, invitation_id)) == 0:
+            raise NotFound(f"no open invitation {invitation_id!r}")
+
+    def accept_invitation(self, token: str, password: str | None, name: str = "",
+                          signed_in: Principal | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Join with an invitation link (once, before it expires): a new person sets a password; a
+        person who already has an account must be signed in as the invited email. Returns (user, invitation)."""
+        row = self.db.one("SELECT * FROM invitations WHERE token_hash=?", (sha256(token),))
+        if row is None or row["accepted_at"] is not None:
+            raise NotFound("this invitation link is not valid or was already used; ask for a new one")
+        if row["expires_at"] <= time.time():
+            raise NotFound("this invitation link has expired; ask for a new one")
+        existing = self.user_by_email(row["email"])
+        if existing is not None and (signed_in is None or signed_in.id != existing["id"]):
+            raise Unauthorized(f"{row['email']} already has an account: sign in as them, then open the link again")
+        if existing is None:
+            if not password:
+                raise Invalid("password", "choose a password for your new account")
+            self._check_new_password(row["email"], password)
+        uid, now = (existing or {}).get("id") or "u_" + secrets.token_hex(8), time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            taken = conn.execute("UPDATE invitations SET accepted_at=? WHERE id=? AND accepted_at IS NULL",
+                                 (now, row["id"])).rowcount
+            if not taken:
+                raise NotFound("this invitation link was already used")
+            if existing is None:
+                conn.execute("INSERT INTO users (id, email, name, password_hash, created_at, updated_at) "
+                             "VALUES (?,?,?,?,?,?)", (uid, row["email"], name, _hash(password), now, now))
+            conn.execute("INSERT INTO memberships VALUES (?,?,?,?) ON CONFLICT (tenant_id, user_id) DO UPDATE "
+                         "SET role=excluded.role", (row["tenant_id"], uid, row["role"], now))
+        self.db.write(write)
+        return self.user(uid), dict(row)
+
+    def start_password_reset(self, user_id: str, ttl_s: float = 3600) -> str:
+        """A one-use password reset token for the link (valid an hour)."""
+        self.user(user_id)
+        token, now = secrets.token_urlsafe(32), time.time()
+        self.db.execute("INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) VALUES (?,?,?,?)",
+                        (sha256(token), user_id, now, now + ttl_s))
+        return token
+
+    def reset_password(self, token: str, password: str) -> dict[str, Any]:
+        """Set a new password from a reset link (once); every session of the person ends."""
+        row = self.db.one("SELECT r.user_id, r.expires_at, r.used_at, u.email FROM password_resets r "
+                          "JOIN users u ON u.id=r.user_id WHERE r.token_hash=?", (sha256(token),))
+        if row is None or row["used_at"] is not None or row["expires_at"] <= time.time():
+            raise NotFound("this password reset link is not valid, was used or has expired; ask for a new one")
+        self._check_new_password(row["email"], password)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if not conn.execute("UPDATE password_resets SET used_at=? WHERE token_hash=? AND used_at IS NULL",
+                                (time.time(), sha256(token))).rowcount:
+                raise NotFound("this password reset link was already used")
+            conn.execute("UPDATE users SET password_hash=?, updated_at=? WHERE id=?",
+                         (_hash(password), time.time(), row["user_id"]))
+            conn.execute("DELETE FROM sessions WHERE user_id=?", (row["user_id"],))
+        self.db.write(write)
+        return self.user(row["user_id"])
+
+    @staticmethod
+    def _check_new_password(email: str, password: str) -> None:
+        from .passwords import password_problems
+
+        if not _EMAIL.match((email or "").strip()):
+            raise Invalid("email", "is not an email address")
+        problems = password_problems(password or "", email)
+        if problems:
+            raise Invalid("password", "; ".join(problems))
+
     # -- users ---------------------------------------------------------------------------------------------
-    def create_user(self, email: str, password: str | None, *, name: str = "", is_admin: bool = False) -> dict:
-        from .passwords import hash_password, password_problems
+    def create_user(self, email: str, password: str, *, name: str = "", is_admin: bool = False) -> dict:
 
         email = (email or "").strip()
-        if not _EMAIL.match(email):
-            raise Invalid("email", "is not an email address")
-        if password is not None:
-            problems = password_problems(password, email)
-            if problems:
-                raise Invalid("password", "; ".join(problems))
+        self._check_new_password(email, password)
         uid = "u_" + secrets.token_hex(8)
         now = time.time()
 
@@ -181,7 +313,7 @@ class Identity:
                 raise Conflict(f"a user with the email {email!r} exists")
             conn.execute("INSERT INTO users (id, email, name, password_hash, is_admin, created_at, updated_at) "
                          "VALUES (?,?,?,?,?,?,?)",
-                         (uid, email, name, hash_password(password) if password else None, int(is_admin), now, now))
+                         (uid, email, name, _hash(password), int(is_admin), now, now))
         self.db.write(write)
         return self.user(uid)
 
@@ -236,7 +368,8 @@ class Identity:
         tid = access.tenant_id
 
         def write(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT role FROM memberships WHERE tenant_id=? AND user_id=?", (tid, user_id)).fetchone()
+            row = conn.execute("SELECT role FROM memberships WHERE tenant_id=? AND user_id=?",
+                               (tid, user_id)).fetchone()
             current = row["role"] if row else None
             if "owner" in (role, current) and access.role != "owner":
                 raise Forbidden("only an owner can grant or change the owner role")
@@ -252,7 +385,8 @@ class Identity:
         tid = access.tenant_id
 
         def write(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT role FROM memberships WHERE tenant_id=? AND user_id=?", (tid, user_id)).fetchone()
+            row = conn.execute("SELECT role FROM memberships WHERE tenant_id=? AND user_id=?",
+                               (tid, user_id)).fetchone()
             if row is None:
                 raise NotFound(f"user {user_id!r} is not a member of this tenant")
             if row["role"] == "owner":
@@ -273,6 +407,9 @@ class Identity:
         role = self.role_in(principal, tenant["id"])
         if role is None:
             raise NotFound(f"no tenant {tenant_ref!r}")
+        if principal.kind == "user" and not principal.mfa and tenant_settings(tenant).get("require_mfa"):
+            raise Forbidden(f"the tenant {tenant['slug']!r} requires two-factor sign-in: turn it on under "
+                            "/api/v1/me/mfa, then sign in again")
         if not role_at_least(role, PERMISSIONS[permission]):
             raise Forbidden(f"the {role} role may not do {permission}; it needs {PERMISSIONS[permission]} or higher")
         return Access(tenant, role)
@@ -283,21 +420,100 @@ class Identity:
             raise Forbidden(f"{action} is for instance admins")
 
     # -- sessions ------------------------------------------------------------------------------------------
-    def start_session(self, user_id: str, ip: str | None, user_agent: str | None) -> tuple[str, str]:
-        """A new session: (cookie value, CSRF token). Only the cookie's hash is stored."""
+    def start_session(self, user_id: str, ip: str | None, user_agent: str | None,
+                      mfa_pending: bool = False) -> tuple[str, str]:
+        """A new session: (cookie value, CSRF token). Only the cookie's hash is stored. A session
+        with `mfa_pending` can do nothing but complete the second factor (`complete_mfa`)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
         now = time.time()
-        self.db.execute("INSERT INTO sessions (id_hash, user_id, csrf, ip, user_agent, created_at, last_seen_at, "
-                        "expires_at) VALUES (?,?,?,?,?,?,?,?)",
-                        (sha256(token), user_id, csrf, ip, (user_agent or "")[:300], now, now, now + self.session_ttl_s))
+        ttl = 300 if mfa_pending else self.session_ttl_s
+        self.db.execute("INSERT INTO sessions (id_hash, user_id, csrf, mfa_pending, ip, user_agent, created_at, "
+                        "last_seen_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (sha256(token), user_id, csrf, int(mfa_pending), ip, (user_agent or "")[:300], now, now,
+                         now + ttl))
         return token, csrf
 
-    def session_principal(self, token: str) -> Principal:
-        row = self.db.one("SELECT s.user_id, s.csrf, s.expires_at, u.email, u.is_admin, u.status FROM sessions s "
-                          "JOIN users u ON u.id=s.user_id WHERE s.id_hash=?", (sha256(token),))
+    def session_principal(self, token: str, allow_mfa_pending: bool = False) -> Principal:
+        row = self.db.one("SELECT s.user_id, s.csrf, s.expires_at, s.mfa_pending, u.email, u.is_admin, u.status, "
+                          "u.mfa_enabled FROM sessions s JOIN users u ON u.id=s.user_id WHERE s.id_hash=?",
+                          (sha256(token),))
         if row is None or row["expires_at"] < time.time() or row["status"] != "active":
             raise Unauthorized("the session has ended; sign in again")
-        return Principal("user", row["user_id"], row["email"], bool(row["is_admin"]), csrf=row["csrf"])
+        if row["mfa_pending"] and not allow_mfa_pending:
+            raise Unauthorized("finish signing in: send the code from your authenticator app to /api/v1/session/mfa")
+        return Principal("user", row["user_id"], row["email"], bool(row["is_admin"]), csrf=row["csrf"],
+                         mfa=bool(row["mfa_enabled"]))
+
+    def complete_mfa(self, token: str, code: str) -> Principal:
+        """Second step of signing in: a TOTP code or a recovery code turns a pending session into a full one."""
+        principal = self.session_principal(token, allow_mfa_pending=True)
+        if not self.check_second_factor(principal.id, code):
+            raise Unauthorized("wrong or already used code")
+        self.db.execute("UPDATE sessions SET mfa_pending=0, expires_at=? WHERE id_hash=?",
+                        (time.time() + self.session_ttl_s, sha256(token)))
+        return principal
+
+    # -- MFA (TOTP) ------------------------------------------------------------------------------------------
+    def start_mfa_enrolment(self, user_id: str) -> dict[str, Any]:
+        """A new TOTP secret, stored sealed and not yet in force until `confirm_mfa` sees a code from it."""
+        user = self.user(user_id)
+        if user["mfa_enabled"]:
+            raise Conflict("two-factor sign-in is already on; turn it off first to enrol a new device")
+        secret = mfa.new_secret()
+        self.db.execute("UPDATE users SET totp_secret=?, totp_last_step=NULL, updated_at=? WHERE id=?",
+                        (self.vault.seal("totp", user_id, secret.encode()), time.time(), user_id))
+        uri = mfa.provisioning_uri(secret, user["email"])
+        return {"secret": secret, "uri": uri, "qr_svg": mfa.qr_svg(uri)}
+
+    def confirm_mfa(self, user_id: str, code: str) -> list[str]:
+        """Turn MFA on after a first good code; returns ten recovery codes (shown once, stored hashed)."""
+        row = self.db.one("SELECT totp_secret, mfa_enabled FROM users WHERE id=?", (user_id,))
+        if row is None or row["totp_secret"] is None:
+            raise Invalid("code", "start enrolment first (POST /api/v1/me/mfa)")
+        if row["mfa_enabled"]:
+            raise Conflict("two-factor sign-in is already on")
+        if not self._check_totp(user_id, code):
+            raise Invalid("code", "wrong code; check the time on your device and try the next one")
+        codes = mfa.new_recovery_codes()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE users SET mfa_enabled=1, updated_at=? WHERE id=?", (time.time(), user_id))
+            conn.execute("DELETE FROM recovery_codes WHERE user_id=?", (user_id,))
+            conn.executemany("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?,?)",
+                             [(user_id, mfa.hash_recovery_code(c)) for c in codes])
+        self.db.write(write)
+        return codes
+
+    def disable_mfa(self, user_id: str, code: str) -> None:
+        if not self.check_second_factor(user_id, code):
+            raise Invalid("code", "wrong or already used code")
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE users SET mfa_enabled=0, totp_secret=NULL, totp_last_step=NULL, updated_at=? "
+                         "WHERE id=?", (time.time(), user_id))
+            conn.execute("DELETE FROM recovery_codes WHERE user_id=?", (user_id,))
+        self.db.write(write)
+
+    def check_second_factor(self, user_id: str, code: str) -> bool:
+        """A TOTP code (each time step once) or an unused recovery code (used up by this call)."""
+        code = (code or "").strip()
+        if self._check_totp(user_id, code):
+            return True
+        used = self.db.execute("UPDATE recovery_codes SET used_at=? WHERE user_id=? AND code_hash=? "
+                               "AND used_at IS NULL", (time.time(), user_id, mfa.hash_recovery_code(code)))
+        return used == 1
+
+    def _check_totp(self, user_id: str, code: str) -> bool:
+        row = self.db.one("SELECT totp_secret, totp_last_step FROM users WHERE id=?", (user_id,))
+        if row is None or row["totp_secret"] is None:
+            return False
+        secret = self.vault.unseal("totp", user_id, row["totp_secret"]).decode()
+        step = mfa.verify_code(secret, code, row["totp_last_step"])
+        if step is None:
+            return False
+        # the step is claimed atomically: of two requests with the same code, one wins
+        return self.db.execute("UPDATE users SET totp_last_step=? WHERE id=? AND (totp_last_step IS NULL OR "
+                               "totp_last_step < ?)", (step, user_id, step)) == 1
 
     def end_session(self, token: str) -> None:
         self.db.execute("DELETE FROM sessions WHERE id_hash=?", (sha256(token),))
@@ -384,3 +600,63 @@ def _DUMMY_HASH() -> str:  # noqa: N802 - a constant made on first use (hashing 
 
         _dummy.append(hash_password(secrets.token_urlsafe(16)))
     return _dummy[0]
+
+
+#: Tenant settings an owner may change, and their types.
+TENANT_SETTINGS: dict[str, type] = {"require_mfa": bool}
+
+
+def tenant_settings(tenant: dict[str, Any]) -> dict[str, Any]:
+    return {"require_mfa": False, **json.loads(tenant.get("settings") or "{}")}
+
+
+def _hash(password: str) -> str:
+    from .passwords import hash_password
+
+    return hash_password(password)
+
+
+class SignInThrottle:
+    """Failed sign-ins per account and per source address, with a growing delay.
+
+    After FREE failures (FREE_PER_ADDRESS for "ip:" keys, since many people may share an
+    address) each further attempt must wait 2, 4, 8 ... seconds (at most MAX_DELAY) after the
+    last failure; a success clears the account's count, and a count is forgotten MAX_DELAY after
+    its last failure. Kept in memory: the web process is one process, and a restart forgetting
+    the counts costs an attacker a restart of the appliance.
+    """
+
+    FREE = 5
+    FREE_PER_ADDRESS = 20
+    MAX_DELAY = 900.0
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, *keys: str) -> float:
+        """Seconds before another attempt is allowed for these keys (0 if allowed now)."""
+        now, wait = time.time(), 0.0
+        with self._lock:
+            for key in keys:
+                count, last = self._count(key, now)
+                free = self.FREE_PER_ADDRESS if key.startswith("ip:") else self.FREE
+                if count >= free:
+                    wait = max(wait, last + min(self.MAX_DELAY, 2.0 ** (count - free + 1)) - now)
+        return max(0.0, wait)
+
+    def failed(self, *keys: str) -> None:
+        now = time.time()
+        with self._lock:
+            if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
+                self._failures.clear()
+            for key in keys:
+                self._failures[key] = (self._count(key, now)[0] + 1, now)
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+    def _count(self, key: str, now: float) -> tuple[int, float]:
+        count, last = self._failures.get(key, (0, 0.0))
+        return (0, 0.0) if now - last > self.MAX_DELAY else (count, last)

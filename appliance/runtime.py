@@ -93,7 +93,7 @@ class Runtime:
         self.runs = RunStore(self.runs_db)
         self.vault = Vault(self.control, data / "flowfuse.key", self.registry)
         self.vault.check()  # a missing or wrong master key stops every process here, changing nothing
-        self.identity = Identity(self.control)
+        self.identity = Identity(self.control, self.vault)
         self.process_id = f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
         self.role = role
         self.executor = Executor(self.runs, self, Limits(

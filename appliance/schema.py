@@ -327,3 +327,9 @@ def _control_0003(db) -> None:
         UNIQUE (tenant_id, name)
     );
     """)
+
+
+@control(name="0004_totp_last_step")
+def _control_0004(db) -> None:
+    """The last TOTP time step a person used, so that a code cannot be used twice."""
+    db.executescript("ALTER TABLE users ADD COLUMN totp_last_step INTEGER;")

@@ -416,6 +416,21 @@ class Vault:
         digest = hmac.new(self._signing_key(), f"flowfuse-{purpose}\0{value}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:18]).decode()
 
+    def seal(self, purpose: str, owner: str, plaintext: bytes) -> bytes:
+        """Encrypt a small instance-level secret (a person's TOTP seed), bound to its purpose and
+        owner. The key derives from the signing key, so sealed values outlive master key rotation."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._seal_key(purpose).encrypt(nonce, plaintext, f"{purpose}\0{owner}".encode())
+
+    def unseal(self, purpose: str, owner: str, blob: bytes) -> bytes:
+        try:
+            return self._seal_key(purpose).decrypt(blob[:12], blob[12:], f"{purpose}\0{owner}".encode())
+        except InvalidTag:
+            raise CredentialError(f"the stored {purpose} secret does not decrypt (altered or copied)") from None
+
+    def _seal_key(self, purpose: str) -> AESGCM:
+        return AESGCM(hmac.new(self._signing_key(), f"flowfuse-seal\0{purpose}".encode(), hashlib.sha256).digest())
+
     def rotate_master_key(self, new_key: bytes | None = None) -> int:
         """Re-wrap every tenant data key and the signing key under a new master key; returns the
         number of tenant data keys re-wrapped.

@@ -4,6 +4,7 @@
 2. A 100-step sequential flow of `set` nodes, every step checkpointed, on one worker process.
 3. Asynchronous webhooks drained through Huey by the worker.
 4. Resident memory of web + worker, idle and under load 1.
+5. `GET /api/v1/tenants/{tenant}/executions` pages over 1,000,000 executions of 100 flows (`--only list`).
 
 Everything runs on 127.0.0.1 against real processes (`flowfuse serve` / `flowfuse worker`) over
 a fresh data directory. Figures depend on the machine; bench/README.md records measured runs.
@@ -113,9 +114,9 @@ class Serve:
         self.proc.wait(timeout=20)
 
 
-def wrk(url: str, seconds: int, connections: int = 50) -> dict:
+def wrk(url: str, seconds: int, connections: int = 50, lua: str = LUA) -> dict:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(LUA)
+    script.write_text(lua)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True).stdout
     script.unlink()
@@ -256,11 +257,120 @@ def bench_async(base: Path, seconds: int) -> None:
     line("finished per second after the load stopped (worker alone)", alone, "exec/s", ">= 1,000", alone >= 1000)
 
 
+LIST_STATUSES = {"succeeded": 90, "failed": 8, "cancelled": 1.5, "waiting": 0.5}  # % of the rows
+
+
+def list_flow(i: int) -> dict:
+    trigger = ({"id": "hook", "type": "webhook", "params": {"path": f"list-{i}"}} if i % 2
+               else {"id": "hook", "type": "manual"})
+    return {"name": f"list-{i:03d}", "nodes": [trigger, {"id": "set", "type": "set", "params": {"fields": {"ok": True}}}],
+            "edges": [{"from": "hook", "to": "set"}]}
+
+
+def fill_executions(data: Path, tenant_id: str, flows: list, total: int, days: int = 30) -> None:
+    """Bulk-insert `total` executions spread over the last `days` days, with runs.py's own EXEC_SQL.
+
+    Ids are made like runs.new_id (milliseconds, sequence, 24 random bits), evenly spaced in time. Flows
+    get Zipf-like shares (the busiest about 19 %, the quietest about 0.2 %); statuses follow
+    LIST_STATUSES (no queued or running rows, which the worker would pick up). Only the newest 1,000
+    executions get step rows (two each): the list never reads steps.
+    """
+    import random
+
+    from appliance.runs import EXEC_SQL, STEP_SQL
+
+    rng = random.Random(7)
+    end_ms = int(time.time() * 1000)
+    start_ms, spacing = end_ms - days * 86_400_000, days * 86_400_000 / total
+    statuses, status_weights = list(LIST_STATUSES), list(LIST_STATUSES.values())
+    flow_weights = [1 / (k + 1) for k in range(len(flows))]
+
+    def row(i: int, flow, status: str) -> dict:
+        created = (start_ms + i * spacing) / 1000
+        finished = None if status == "waiting" else created + rng.uniform(0.005, 2)
+        return {"id": f"{int(start_ms + i * spacing):012x}0000{rng.getrandbits(24):06x}", "tenant_id": tenant_id,
+                "flow_id": flow.id, "flow_name": flow.name, "flow_version": 1, "status": status,
+                "trigger": flow.trigger_type, "input": b'[{"amount": %d, "customer": "c-%d"}]' % (i % 500, i % 9973),
+                "meta": None, "output": b'[{"ok": true}]' if status == "succeeded" else None,
+                "error": '{"node": "set", "message": "HTTP 502 from upstream"}' if status == "failed" else None,
+                "parent_id": None, "dedup_key": None, "resume_at": None, "owner": None, "created_at": created,
+                "finished_at": finished}
+
+    with sqlite3.connect(data / "runs.db") as conn:
+        conn.execute("PRAGMA synchronous=OFF")  # setting up, not measured
+        batch = 100_000
+        for first in range(0, total, batch):
+            n = min(batch, total - first)
+            chosen = zip(rng.choices(flows, flow_weights, k=n), rng.choices(statuses, status_weights, k=n))
+            conn.executemany(EXEC_SQL, (row(first + k, f, s) for k, (f, s) in enumerate(chosen)))
+            conn.commit()
+        newest = [r[0] for r in conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT 1000")]
+        conn.executemany(STEP_SQL, [(e, seq, tenant_id, node, node, 1, "succeeded", 1, b'[{"ok": true}]', None,
+                                     None, 0, time.time(), time.time()) for e in newest
+                                    for seq, node in enumerate(("hook", "set"))])
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def bench_list(base: Path, seconds: int, total: int) -> None:
+    from appliance.runtime import Runtime
+    from appliance.settings import load
+
+    data, password = base / "list" / "data", "correct horse battery staple 9"
+    cli(data, "init", "--admin-email", "bench@example.com", env={"FLOWFUSE_ADMIN_PASSWORD": password})
+    runtime = Runtime(load(env={}, overrides={"storage.data_dir": str(data)}))
+    tenant_id = runtime.tenant_id("default")
+    flows = [runtime.catalog.save_flow(tenant_id, list_flow(i)) for i in range(100)]
+    runtime.close()
+    start = time.monotonic()
+    fill_executions(data, tenant_id, flows, total)
+    filled = time.monotonic() - start
+    with sqlite3.connect(data / "runs.db") as conn:
+        deep = [r[0] for r in conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT ? OFFSET ?",
+                                           (total // 10, total * 85 // 100))][::total // 1000]
+    size = (data / "runs.db").stat().st_size / 2**20
+    print(f"5. Execution list, {total:,} executions of 100 flows in tenant 'default' (runs.db {size:,.0f} MB, "
+          f"bulk-inserted in {filled:.0f} s), one connection (wrk -t1 -c1 -d{seconds}s), 50 per page")
+    serve = Serve(data)
+    try:
+        http = httpx.Client(base_url=f"{serve.url}/api/v1", timeout=30)
+        signed = http.post("/session", json={"email": "bench@example.com", "password": password})
+        made = http.post("/tenants/default/api-keys", json={"name": "bench", "role": "viewer"},
+                         headers={"x-csrf-token": signed.json()["csrf_token"]})
+        key = made.json()["key"]
+        page = "/api/v1/tenants/default/executions?limit=50"
+        names = [f.name for f in flows]
+        cases = [  # (what, paths visited in turn)
+            ("first page", [page]),
+            ("deep page (before = 850,000th-950,000th newest, 100 cursors)", [f"{page}&before={b}" for b in deep]),
+            ("first page of one flow (each of the 100 in turn)", [f"{page}&flow={n}" for n in names]),
+            ("first page of one status (each of 4 in turn)", [f"{page}&status={s}" for s in LIST_STATUSES]),
+            ("deep page of one flow and status (100 flows x 4 statuses)",
+             [f"{page}&flow={n}&status={s}&before={deep[50]}" for n in names for s in LIST_STATUSES]),
+        ]
+        for what, paths in cases:
+            sizes = []
+            for path in paths:  # every path once: checks it answers, and warms up
+                r = http.get(path.removeprefix("/api/v1"), headers={"authorization": f"Bearer {key}"})
+                r.raise_for_status()
+                sizes.append(len(r.json()["items"]))
+            lua = (f'wrk.headers["Authorization"] = "Bearer {key}"\nlocal paths = {{"' + '", "'.join(paths) + '"}\n'
+                   'local i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format("GET", paths[i])\nend\n')
+            result = wrk(serve.url, seconds, connections=1, lua=lua)
+            print(f"  {what}: {result['requests']:,} requests, {result['non2xx']} non-2xx, "
+                  f"{min(sizes)}-{max(sizes)} items a page")
+            line("p99 latency", result["p99_ms"], "ms", "<= 20", result["p99_ms"] <= 20)
+            line("p50 latency", result["p50_ms"], "ms", "(no target)", True)
+    finally:
+        serve.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
     parser.add_argument("--flows", type=int, default=2000, help="runs of the 100-step flow")
-    parser.add_argument("--only", choices=["sync", "long", "async"], action="append")
+    parser.add_argument("--executions", type=int, default=1_000_000, help="executions in runs.db for the list")
+    parser.add_argument("--only", choices=["sync", "long", "async", "list"], action="append")
     parser.add_argument("--checkpoint", choices=["every_step", "effects"], default="every_step",
                         help="engine.checkpoint for the 100-step flow (the target is for every_step)")
     args = parser.parse_args()
@@ -274,6 +384,8 @@ def main() -> None:
             bench_long_flow(base, args.flows, args.checkpoint)
         if not args.only or "async" in args.only:
             bench_async(base, args.seconds)
+        if not args.only or "list" in args.only:
+            bench_list(base, args.seconds, args.executions)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ def _fill(path: str, values: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: str(values[m.group(1)]), path)
 
 
-BODIES = {"POST": {"name": "x", "role": "viewer", "type": "bearer", "data": {"token": "abcdef"}, "input": []},
+BODIES = {"POST": {"name": "x", "role": "viewer", "type": "bearer", "data": {"token": "abcdef"}, "input": [],
+                   "email": "x@example.com"},
           "PUT": {"role": "viewer", "value": 1}, "PATCH": {"name": "renamed"}}
 
 
@@ -152,8 +153,9 @@ def test_no_route_gives_tenant_a_anything_of_tenant_b(api, admin):
     assert admin.put(f"/tenants/{b}/variables/region", json={"value": "eu"}).status_code == 200
     b_key = new_key(admin, b, "owner")
     key_id = Client(api.url, b_key).get("/me").json()["id"]
+    invitation = admin.post(f"/tenants/{b}/invitations", json={"email": "dora@example.com", "role": "viewer"}).json()
     values = {"tenant": b, "name": "manual", "execution_id": run["execution_id"], "credential_id": cred["id"],
-              "key_id": key_id, "user_id": carol_id, "version": 1}
+              "key_id": key_id, "user_id": carol_id, "version": 1, "invitation_id": invitation["id"]}
 
     alice_session = Client(api.url)
     assert alice_session.sign_in(alice).status_code == 201
@@ -166,6 +168,7 @@ def test_no_route_gives_tenant_a_anything_of_tenant_b(api, admin):
             expected = 404 if permission else 403  # admin-only routes refuse before looking at the tenant
             assert r.status_code == expected, f"{kind} {method} {url}: {r.status_code} {r.text[:200]}"
             assert "b-secret-token" not in r.text and run["execution_id"] not in r.text
+            assert "dora@example.com" not in r.text
             checked += 1
         tenants = caller.get("/tenants").json()
         assert [t["slug"] for t in tenants] == [a]
@@ -182,7 +185,7 @@ def test_each_role_is_refused_what_the_permission_table_refuses(api, admin):
     assert admin.post(f"/tenants/{t}/flows", json=MANUAL_FLOW).status_code == 201
     run = admin.post(f"/tenants/{t}/flows/manual/run", json={}).json()
     values = {"tenant": t, "name": "manual", "execution_id": run["execution_id"], "credential_id": "c_none",
-              "key_id": "k_none", "user_id": "u_none", "version": 1}
+              "key_id": "k_none", "user_id": "u_none", "version": 1, "invitation_id": "i_none"}
     for role in ROLES:
         caller = Client(api.url, new_key(admin, t, role))
         for method, path, permission in _tenant_routes():

@@ -13,9 +13,11 @@ whose writes go through the group-commit writer bound to the web process's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import json
 import logging
+import math
 from typing import Any
 
 import msgspec
@@ -29,7 +31,7 @@ from litestar.params import Parameter, QueryParameter
 
 from appliance.catalog import Conflict, FlowInvalid, NotFound
 from appliance.identity import (
-    KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized,
+    KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized, sha256, tenant_settings,
 )
 from appliance.runtime import Runtime
 from engine import FINAL
@@ -62,6 +64,33 @@ class UserIn(Body):
 class SignIn(Body):
     email: str
     password: str
+
+
+class CodeIn(Body):
+    code: str
+
+
+class SetupIn(Body):
+    email: str
+    password: str
+
+
+class InviteIn(Body):
+    email: str
+    role: str
+
+
+class AcceptIn(Body):
+    password: str | None = None
+    name: str = ""
+
+
+class PasswordIn(Body):
+    password: str
+
+
+class SettingsIn(Body):
+    require_mfa: bool | None = None
 
 
 class MemberIn(Body):
@@ -144,20 +173,58 @@ def _guard(request: Request, principal: Principal, tenant: str, permission: str)
 # -- session -------------------------------------------------------------------------------------------------
 @post("/session", sync_to_thread=True, summary="Sign in with email and password", opt={"public": True})
 def sign_in(request: Request, data: SignIn) -> Response[dict]:
+    """Failed attempts are throttled per account and per address with a growing delay (429 and
+    Retry-After). A person with two-factor sign-in gets a pending session that only
+    POST /session/mfa can complete."""
     identity = runtime_of(request).identity
+    ip = request.client.host if request.client else "?"
+    keys = (f"email:{data.email.strip().lower()}", f"ip:{ip}")
+    wait = identity.throttle.wait_s(*keys)
+    if wait > 0:
+        audit(request, None, "auth.sign_in_throttled", outcome="refused", details={"email": data.email})
+        raise TooManyAttempts(wait)
     user = identity.check_password(data.email, data.password)
     if user is None:
+        identity.throttle.failed(*keys)
         audit(request, None, "auth.sign_in_failed", outcome="refused", details={"email": data.email})
         raise Unauthorized("wrong email or password")
-    token, csrf = identity.start_session(user["id"], request.client.host if request.client else None,
-                                         request.headers.get("user-agent"))
+    identity.throttle.succeeded(keys[0])
+    pending = bool(user["mfa_enabled"])
+    token, csrf = identity.start_session(user["id"], ip, request.headers.get("user-agent"), mfa_pending=pending)
     principal = Principal("user", user["id"], user["email"], bool(user["is_admin"]))
-    audit(request, principal, "auth.sign_in", target_type="user", target_id=user["id"])
-    secure = request.url.scheme == "https"
-    return Response({"user": user, "csrf_token": csrf},
-                    cookies=[Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", secure=secure,
-                                    path="/",
-                                    max_age=int(identity.session_ttl_s))])
+    audit(request, principal, "auth.sign_in_password" if pending else "auth.sign_in", target_type="user",
+          target_id=user["id"])
+    return Response({"user": user, "csrf_token": csrf, "mfa_required": pending},
+                    cookies=[_session_cookie(request, token, identity.session_ttl_s)])
+
+
+@post("/session/mfa", sync_to_thread=True, summary="Finish signing in with a TOTP or recovery code",
+      opt={"public": True})
+def sign_in_mfa(request: Request, data: CodeIn) -> dict:
+    identity = runtime_of(request).identity
+    token = request.cookies.get(SESSION_COOKIE) or ""
+    ip = request.client.host if request.client else "?"
+    wait = identity.throttle.wait_s(f"mfa:{sha256(token)}", f"ip:{ip}")
+    if wait > 0:
+        raise TooManyAttempts(wait)
+    try:
+        principal = identity.complete_mfa(token, data.code)
+    except Unauthorized:
+        identity.throttle.failed(f"mfa:{sha256(token)}", f"ip:{ip}")
+        audit(request, None, "auth.mfa_failed", outcome="refused")
+        raise
+    audit(request, principal, "auth.sign_in", target_type="user", target_id=principal.id, details={"mfa": True})
+    return {"signed_in": True}
+
+
+@post("/setup", sync_to_thread=True, summary="Create the first instance admin (only while nobody exists)",
+      opt={"public": True})
+def set_up(request: Request, data: SetupIn) -> Response[dict]:
+    user = runtime_of(request).identity.set_up(data.email, data.password)
+    principal = Principal("user", user["id"], user["email"], True)
+    audit(request, principal, "instance.set_up", target_type="user", target_id=user["id"],
+          details={"email": user["email"]})
+    return Response(user, status_code=201)
 
 
 @delete("/session", sync_to_thread=True, status_code=204, summary="Sign out (this session)")
@@ -166,17 +233,16 @@ def sign_out(request: Request, principal: Principal) -> Response[None]:
     if cookie:
         runtime_of(request).identity.end_session(cookie)
     audit(request, principal, "auth.sign_out", target_type="user", target_id=principal.id)
-    return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
+    return Response(None, status_code=204, cookies=[_session_cookie(request, "", 0)])
 
 
 @delete("/sessions", sync_to_thread=True, status_code=204, summary="Sign out of every session")
 def sign_out_everywhere(request: Request, principal: Principal) -> Response[None]:
-    if principal.kind != "user":
-        raise Forbidden("only a signed-in person has sessions")
+    _person(principal)
     ended = runtime_of(request).identity.end_all_sessions(principal.id)
     audit(request, principal, "auth.sign_out_all", target_type="user", target_id=principal.id,
           details={"sessions": ended})
-    return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
+    return Response(None, status_code=204, cookies=[_session_cookie(request, "", 0)])
 
 
 @get("/me", sync_to_thread=True, summary="Who the caller is, and their tenants")
@@ -186,6 +252,111 @@ def me(request: Request, principal: Principal) -> dict:
                for t in identity.tenants_of(principal)]
     return {"kind": principal.kind, "id": principal.id, "label": principal.label, "is_admin": principal.is_admin,
             "tenants": tenants}
+
+
+# -- two-factor sign-in -----------------------------------------------------------------------------------
+@post("/me/mfa", sync_to_thread=True, summary="Start enrolling an authenticator app (secret, otpauth URI, QR code)")
+def enrol_mfa(request: Request, principal: Principal) -> Response[dict]:
+    _person(principal)
+    enrolment = runtime_of(request).identity.start_mfa_enrolment(principal.id)
+    audit(request, principal, "mfa.enrol_start", target_type="user", target_id=principal.id)
+    return Response(enrolment, status_code=201, headers={"cache-control": "no-store"})
+
+
+@post("/me/mfa/confirm", sync_to_thread=True, status_code=200,
+      summary="Turn two-factor sign-in on with a first code; returns ten recovery codes, shown once")
+def confirm_mfa(request: Request, principal: Principal, data: CodeIn) -> Response[dict]:
+    _person(principal)
+    codes = runtime_of(request).identity.confirm_mfa(principal.id, data.code)
+    audit(request, principal, "mfa.enable", target_type="user", target_id=principal.id)
+    return Response({"recovery_codes": codes}, headers={"cache-control": "no-store"})
+
+
+@post("/me/mfa/disable", sync_to_thread=True, status_code=200,
+      summary="Turn two-factor sign-in off (needs a current code or a recovery code)")
+def disable_mfa(request: Request, principal: Principal, data: CodeIn) -> dict:
+    _person(principal)
+    runtime_of(request).identity.disable_mfa(principal.id, data.code)
+    audit(request, principal, "mfa.disable", target_type="user", target_id=principal.id)
+    return {"mfa_enabled": False}
+
+
+# -- tenant settings, invitations and password resets ------------------------------------------------------
+@get("/tenants/{tenant:str}/settings", sync_to_thread=True, summary="Tenant settings",
+     opt={"permission": "tenant.read"})
+def get_settings(access: Access, tenant: str) -> dict:
+    return tenant_settings(access.tenant)
+
+
+@patch("/tenants/{tenant:str}/settings", sync_to_thread=True, summary="Change tenant settings (owners)",
+       opt={"permission": "tenant.settings"})
+def update_settings(request: Request, principal: Principal, access: Access, tenant: str, data: SettingsIn) -> dict:
+    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+    updated = runtime_of(request).identity.update_settings(access.tenant_id, changes)
+    audit(request, principal, "tenant.settings", tenant_id=access.tenant_id, target_type="tenant",
+          target_id=access.tenant_id, details=changes)
+    return updated
+
+
+@get("/tenants/{tenant:str}/invitations", sync_to_thread=True, summary="Invitations (never their tokens)",
+     opt={"permission": "members.manage"})
+def list_invitations(request: Request, access: Access, tenant: str) -> list[dict]:
+    return runtime_of(request).identity.invitations(access.tenant_id)
+
+
+@post("/tenants/{tenant:str}/invitations", sync_to_thread=True,
+      summary="Invite someone by email; the link is in this response only", opt={"permission": "members.manage"})
+def invite(request: Request, principal: Principal, access: Access, tenant: str, data: InviteIn) -> Response[dict]:
+    rt = runtime_of(request)
+    meta, token = rt.identity.invite(access, principal, data.email, data.role)
+    audit(request, principal, "invitation.create", tenant_id=access.tenant_id, target_type="invitation",
+          target_id=meta["id"], details={"email": meta["email"], "role": meta["role"]})
+    link = f"{rt.settings.base_url}/invitations/{token}"
+    return Response({**meta, "token": token, "link": link}, status_code=201, headers={"cache-control": "no-store"})
+
+
+@delete("/tenants/{tenant:str}/invitations/{invitation_id:str}", sync_to_thread=True, status_code=204,
+        summary="Withdraw an invitation", opt={"permission": "members.manage"})
+def withdraw_invitation(request: Request, principal: Principal, access: Access, tenant: str,
+                        invitation_id: str) -> None:
+    runtime_of(request).identity.revoke_invitation(access.tenant_id, invitation_id)
+    audit(request, principal, "invitation.revoke", tenant_id=access.tenant_id, target_type="invitation",
+          target_id=invitation_id)
+
+
+@post("/invitations/{token:str}/accept", sync_to_thread=True, status_code=200,
+      summary="Join a tenant with an invitation link (a new person sets a password)", opt={"public": True})
+def accept_invitation(request: Request, token: str, data: AcceptIn) -> dict:
+    identity = runtime_of(request).identity
+    signed_in = None
+    if request.cookies.get(SESSION_COOKIE):
+        with contextlib.suppress(Unauthorized):
+            signed_in = identity.session_principal(request.cookies[SESSION_COOKIE])
+    user, invitation = identity.accept_invitation(token, data.password, data.name, signed_in)
+    actor = Principal("user", user["id"], user["email"], bool(user["is_admin"]))
+    audit(request, actor, "invitation.accept", tenant_id=invitation["tenant_id"], target_type="invitation",
+          target_id=invitation["id"], details={"role": invitation["role"]})
+    return {"user": user, "tenant": identity.tenant(invitation["tenant_id"])["slug"], "role": invitation["role"]}
+
+
+@post("/users/{user_id:str}/password-reset", sync_to_thread=True, status_code=201,
+      summary="Make a one-use password reset link for a person (instance admins)",
+      opt={"admin": "resetting a password"})
+def start_password_reset(request: Request, principal: Principal, user_id: str) -> Response[dict]:
+    rt = runtime_of(request)
+    token = rt.identity.start_password_reset(user_id)
+    audit(request, principal, "user.password_reset_link", target_type="user", target_id=user_id)
+    return Response({"token": token, "link": f"{rt.settings.base_url}/password-reset/{token}"},
+                    status_code=201, headers={"cache-control": "no-store"})
+
+
+@post("/password-reset/{token:str}", sync_to_thread=True, status_code=200,
+      summary="Set a new password with a reset link (ends every session)", opt={"public": True})
+def reset_password(request: Request, token: str, data: PasswordIn) -> dict:
+    user = runtime_of(request).identity.reset_password(token, data.password)
+    audit(request, Principal("user", user["id"], user["email"]), "user.password_reset", target_type="user",
+          target_id=user["id"])
+    return {"user": user}
 
 
 # -- tenants and users (instance admins) -----------------------------------------------------------------------
@@ -476,7 +647,7 @@ def put_credential(request: Request, principal: Principal, access: Access,
     cid = vault.put(access.tenant_id, data.name, data.type, data.data)
     audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
           details={"name": data.name, "type": data.type, "fields": sorted(data.data)})
-    return Response(next(c for c in vault.list(access.tenant_id) if c["id"] == cid), status_code=201)
+    return Response(vault.describe(access.tenant_id, cid), status_code=201)
 
 
 @delete("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True, status_code=204,
@@ -514,6 +685,22 @@ def instance_audit(request: Request, principal: Principal, tenant: str | None = 
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+class TooManyAttempts(Exception):
+    def __init__(self, wait_s: float):
+        super().__init__(f"too many failed attempts; try again in {math.ceil(wait_s)} s")
+        self.wait_s = wait_s
+
+
+def _person(principal: Principal) -> None:
+    if principal.kind != "user":
+        raise Forbidden("only a signed-in person has this; API keys do not")
+
+
+def _session_cookie(request: Request, token: str, max_age: float) -> Cookie:
+    return Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", path="/",
+                  secure=request.url.scheme == "https", max_age=int(max_age))
+
+
 def _tenant_view(t: dict[str, Any]) -> dict[str, Any]:
     view = {"id": t["id"], "slug": t["slug"], "name": t["name"], "status": t["status"], "created_at": t["created_at"]}
     if "role" in t:
@@ -560,6 +747,8 @@ def problem(status: int, title: str, detail: str, errors: list[dict] | None = No
 def _on_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Unauthorized):
         return problem(401, "Unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="flowfuse"'})
+    if isinstance(exc, TooManyAttempts):
+        return problem(429, "Too Many Requests", str(exc), headers={"Retry-After": str(math.ceil(exc.wait_s))})
     if isinstance(exc, Forbidden):
         return problem(403, "Forbidden", str(exc))
     if isinstance(exc, NotFound):
@@ -607,7 +796,9 @@ def _access(request: Request) -> Access:
     return request.state.access
 
 
-HANDLERS = [sign_in, sign_out, sign_out_everywhere, me, list_tenants, create_tenant, get_tenant, update_tenant,
+HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enrol_mfa, confirm_mfa, disable_mfa,
+            get_settings, update_settings, list_invitations, invite, withdraw_invitation, accept_invitation,
+            start_password_reset, reset_password, list_tenants, create_tenant, get_tenant, update_tenant,
             delete_tenant, create_user, list_members, set_member, remove_member, list_keys, create_key, revoke_key,
             list_flows, save_flow, validate_flow, get_flow, update_flow, delete_flow, list_versions, get_version,
             diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
