@@ -41,6 +41,7 @@ PERMISSIONS: dict[str, str] = {
     "members.read": "viewer",
     "flows.run": "operator",
     "executions.cancel": "operator",
+    "executions.retry": "operator",
     "flows.write": "editor",
     "credentials.write": "editor",
     "variables.write": "editor",

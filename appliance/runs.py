@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from engine import FINAL, QUEUED, RUNNING, WAITING, ExecutionRef, Finish, StepRecord
+from engine import FAILED, FINAL, QUEUED, RETRY, RUNNING, WAITING, ExecutionRef, Finish, StepRecord
 
 from .db import Database
 
@@ -183,6 +183,34 @@ class RunStore:
                 conn.execute("UPDATE executions SET meta=json_set(coalesce(meta, '{}'), '$.cancel', 1) WHERE id=?",
                              (execution_id,))
             return row["status"]
+        return self.db.write(write)
+
+    def retry(self, execution_id: str, tenant_id: str) -> list[str]:
+        """Queue a failed execution again: its succeeded steps are reused, and each node whose last
+        record failed gets a `retry` record, so it runs again with a fresh set of attempts. Returns
+        the nodes that will run again; Conflict-like ValueError if the execution has not failed."""
+        def write(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute("SELECT status, meta FROM executions WHERE id=? AND tenant_id=?",
+                               (execution_id, tenant_id)).fetchone()
+            if row is None:
+                raise LookupError(f"no execution {execution_id!r}")
+            if row["status"] != FAILED:
+                raise ValueError(f"only a failed execution can be retried; this one is {row['status']}")
+            latest: dict[str, sqlite3.Row] = {}
+            seq = -1
+            for step in conn.execute("SELECT * FROM steps WHERE execution_id=? ORDER BY seq", (execution_id,)):
+                latest[step["key"]] = step
+                seq = step["seq"]
+            now = time.time()
+            failed = [s for s in latest.values() if s["status"] == FAILED]
+            for i, step in enumerate(failed, start=seq + 1):
+                conn.execute(STEP_SQL, (execution_id, i, tenant_id, step["key"], step["node"], step["attempt"], RETRY,
+                                        step["input_count"], None, None, None, 0, now, now))
+            meta = {**json.loads(row["meta"] or "{}"), "retried_at": now}
+            conn.execute("UPDATE executions SET status='queued', output=NULL, error=NULL, finished_at=NULL, "
+                         "resume_at=NULL, owner=NULL, meta=?, updated_at=? WHERE id=?",
+                         (json.dumps(meta), now, execution_id))
+            return [s["node"] for s in failed]
         return self.db.write(write)
 
     def cancel_requested(self, owner: str) -> list[str]:

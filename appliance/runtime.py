@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors import default_registry
+from connectors.http import try_credential
 from engine import (
     FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Limits, NodeError, Outcome, Run,
 )
@@ -237,7 +238,8 @@ class Runtime:
         ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row),
                            claim=(row["status"], row["owner"], self.process_id))
         meta = json.loads(row["meta"]) if row["meta"] else {}
-        run = Run(ref, flow, loaded.items, row["created_at"], trigger=row["trigger"], steps=loaded.steps,
+        started = meta.get("retried_at") or row["created_at"]  # a retry gets the flow's whole time-out again
+        run = Run(ref, flow, loaded.items, started, trigger=row["trigger"], steps=loaded.steps,
                   resume_items=loaded.resume_items, vars=self.catalog.variables(row["tenant_id"]), meta=meta)
         return run
 
@@ -264,6 +266,17 @@ class Runtime:
         item = {"execution": {"id": run.ref.id, "flow": run.flow.name, "trigger": run.trigger,
                               "started_at": run.started_at, "error": outcome.error}}
         self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
+
+    def try_credential(self, tenant_id: str, credential_id: str, url: str) -> dict[str, Any]:
+        """Test a credential against a URL (see connectors.http.try_credential)."""
+        name = self.vault.describe(tenant_id, credential_id)["name"]
+        return try_credential(self.vault.get(tenant_id, name), url)
+
+    def retry(self, execution_id: str, tenant_id: str) -> list[str]:
+        """Run a failed execution again from its failed step(s) (see RunStore.retry)."""
+        nodes = self.runs.retry(execution_id, tenant_id)
+        self.enqueue(execution_id)
+        return nodes
 
     def cancel(self, execution_id: str) -> str | None:
         """Cancel an execution: at once if queued or waiting, else by its owner within a moment."""

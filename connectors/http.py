@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from engine.executor import redact_text
+
 from .core import HTTP_METHODS
 from .sdk import CredentialType, Field, NodeContext, NodeError, NodeType, Param, Registry
 
@@ -51,6 +53,19 @@ def _auth(credential: dict | None, headers: dict[str, str]) -> httpx.Auth | None
     except KeyError as exc:
         raise NodeError(f"credential of type {kind!r} lacks the field {exc.args[0]!r}") from None
     raise NodeError(f"credential type {kind!r} cannot authenticate HTTP requests (use basic, bearer or header)")
+
+
+def try_credential(credential: dict, url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """GET `url` authenticated with the credential (the console's and API's "test" button):
+    {"ok", "status"}, or {"ok": False, "message"} when no answer came. Secrets never appear in it."""
+    headers: dict[str, str] = {}
+    try:
+        auth = _auth(credential, headers)
+        with httpx.Client(timeout=timeout_s, headers={"User-Agent": "FlowFuse"}) as client:
+            response = client.get(url, headers=headers, auth=auth)
+    except (NodeError, httpx.HTTPError, httpx.InvalidURL) as exc:
+        return {"ok": False, "message": redact_text(str(exc) or type(exc).__name__, credential)}
+    return {"ok": response.status_code < 400, "status": response.status_code}
 
 
 def _decode(response: httpx.Response, mode: str, content: bytes) -> Any:

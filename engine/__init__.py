@@ -8,12 +8,12 @@ from .expressions import ExpressionError, compile_value
 from .flow import Flow, FlowInvalid, Node, ValidationError, compile_flow
 from .nodes import NodeType, Param, Registry
 from .ports import (
-    CANCELLED, FAILED, FINAL, QUEUED, RUNNING, SUCCEEDED, WAITING,
+    CANCELLED, FAILED, FINAL, QUEUED, RETRY, RUNNING, SUCCEEDED, WAITING,
     ExecutionRef, ExecutionStore, Finish, MemoryStore, Services, StepRecord,
 )
 
 __all__ = [
-    "CANCELLED", "FAILED", "FINAL", "QUEUED", "RUNNING", "SUCCEEDED", "WAITING",
+    "CANCELLED", "FAILED", "FINAL", "QUEUED", "RETRY", "RUNNING", "SUCCEEDED", "WAITING",
     "ExecutionRef", "ExecutionStore", "Executor", "ExpressionError", "Finish", "Flow", "FlowInvalid",
     "Limits", "MemoryStore", "Node", "NodeContext", "NodeError", "NodeType", "Outcome", "Param",
     "Registry", "Run", "Services", "StepRecord", "StopExecution", "ValidationError", "Wait",

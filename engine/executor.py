@@ -31,7 +31,7 @@ from .expressions import ExpressionError
 from .flow import Flow, Node
 from .nodes import Credential
 from .ports import (
-    CANCELLED, FAILED, SUCCEEDED, WAITING, ExecutionRef, ExecutionStore, Finish, Services, StepRecord,
+    CANCELLED, FAILED, RETRY, SUCCEEDED, WAITING, ExecutionRef, ExecutionStore, Finish, Services, StepRecord,
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -211,8 +211,12 @@ class _State:
         self.done: dict[str, StepRecord] = {}
         self.response: dict[str, Any] | None = None
         self.order: dict[str, None] = {}  # keys of steps that ran or were replayed, in order
+        #: Attempts used before the latest retry of a node (its attempts count from there).
+        self.retried: dict[str, int] = {}
         for step in run.steps:  # in commit order: the latest record of a key wins
             self.done[step.key] = step
+            if step.status == RETRY:
+                self.retried[step.key] = step.attempt
         self.next_seq = run.steps[-1].seq + 1 if run.steps else 0
         timeout = run.flow.timeout_s
         self.deadline = run.started_at + timeout if timeout else math.inf
@@ -319,11 +323,13 @@ class Executor:
             if prev.status == WAITING:
                 return await self._resume_wait(state, node, items, key, prev)
             if prev.status == FAILED:
-                if prev.attempt >= node.retry.max_attempts:
+                if prev.attempt - state.retried.get(key, 0) >= node.retry.max_attempts:
                     raise _Failed(node.id, prev.error or "failed")
                 if prev.resume_at and prev.resume_at > time.time():
                     raise _Park(prev.resume_at)
                 attempt = prev.attempt + 1
+            elif prev.status == RETRY:
+                attempt = prev.attempt + 1  # a new attempt number: a new idempotency key
             else:
                 attempt = prev.attempt
         if not node.spec.pure or self.limits.checkpoint_every_step:
@@ -351,7 +357,7 @@ class Executor:
             except Exception as exc:  # the node failed: retry, route or fail the run
                 message = redact_text(_describe(exc), credential) if credential else _describe(exc)
                 ended = time.time()
-                if attempt < node.retry.max_attempts:
+                if attempt - state.retried.get(key, 0) < node.retry.max_attempts:
                     delay = backoff_delay(node.retry.backoff_s, node.retry.max_backoff_s, attempt)
                     if delay > self.limits.inline_wait_max_s:
                         self._record(state, StepRecord(key, node.id, attempt, FAILED, len(items), started, ended,

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 QUEUED, RUNNING, WAITING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "waiting", "succeeded", "failed", "cancelled")
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
+#: The status of the step record that a retry of a failed execution appends for its failed node:
+#: the node runs again with a fresh set of attempts (see Executor._run_step).
+RETRY = "retry"
 
 
 @dataclass(slots=True)
@@ -23,7 +26,7 @@ class StepRecord:
     key: str
     node: str
     attempt: int
-    status: str  # succeeded | failed | waiting
+    status: str  # succeeded | failed | waiting | retry
     input_count: int
     started_at: float
     ended_at: float

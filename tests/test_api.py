@@ -387,3 +387,60 @@ def test_the_readme_prints_the_permission_table():
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{permission}` |"))
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]
         assert [r for r, c in zip(ROLES, cells) if c == "yes"] == roles_with(permission), row
+
+
+def test_retry_runs_a_failed_execution_from_its_failed_step(api, admin, peer):
+    t = new_tenant(admin)
+    operator = Client(api.url, new_key(admin, t, "operator"))
+    flaky = {"name": "flaky", "nodes": [
+        {"id": "start", "type": "manual"},
+        {"id": "first", "type": "http_request", "params": {"url": f"{peer.url}/first"}},
+        {"id": "second", "type": "http_request", "params": {"url": f"{peer.url}/second"},
+         "retry": {"max_attempts": 2, "backoff_s": 0.01}}],
+        "edges": [{"from": "start", "to": "first"}, {"from": "first", "to": "second"}]}
+    peer.behave["/second"] = lambda count, req: ((500, {"down": True}, 0) if count <= 2 else (200, {"ok": count}, 0))
+    assert admin.post(f"/tenants/{t}/flows", json=flaky).status_code == 201
+    problem(operator.post(f"/tenants/{t}/executions/nope/retry"), 404)
+    eid = operator.post(f"/tenants/{t}/flows/flaky/run", json={}).json()["execution_id"]
+    failed = poll(lambda: (r := operator.get(f"/tenants/{t}/executions/{eid}").json())["status"] == "failed" and r,
+                  what="the execution to fail")
+    assert failed["error"]["node"] == "second" and peer.counts["/second"] == 2
+    problem(Client(api.url, new_key(admin, t, "viewer")).post(f"/tenants/{t}/executions/{eid}/retry"), 403)
+
+    assert operator.post(f"/tenants/{t}/executions/{eid}/retry").json()["rerun"] == ["second"]
+    done = poll(lambda: (r := operator.get(f"/tenants/{t}/executions/{eid}").json())["status"] == "succeeded" and r,
+                what="the retried execution to finish")
+    assert peer.counts["/first"] == 1, "a succeeded step ran again"
+    assert peer.counts["/second"] == 3
+    assert done["output"][0]["body"] == {"ok": 3}
+    keys = [r["headers"].get("Idempotency-Key") for r in peer.requests if r["path"] == "/second"]
+    assert len(set(keys)) == 3, keys  # every attempt, retried or not, has its own idempotency key
+    problem(operator.post(f"/tenants/{t}/executions/{eid}/retry"), 409)  # it no longer failed
+
+
+def test_credentials_can_be_changed_in_part_and_tested(api, admin, peer):
+    t = new_tenant(admin)
+    editor = Client(api.url, new_key(admin, t, "editor"))
+    made = editor.post(f"/tenants/{t}/credentials", json={"name": "crm", "type": "header",
+                                                          "data": {"name": "X-Api-Key", "value": "first-secret"}})
+    cid = made.json()["id"]
+    tried = editor.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": f"{peer.url}/check"}).json()
+    assert tried == {"ok": True, "status": 200}
+    assert peer.requests[-1]["headers"]["X-Api-Key"] == "first-secret"
+
+    changed = editor.patch(f"/tenants/{t}/credentials/{cid}", json={"name": "crm2", "data": {"value": "second-secret"}})
+    assert changed.json()["name"] == "crm2" and sorted(changed.json()["fields"]) == ["name", "value"]
+    assert "second-secret" not in changed.text
+    editor.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": f"{peer.url}/check"})
+    assert peer.requests[-1]["headers"]["X-Api-Key"] == "second-secret"  # the name field kept its value
+
+    peer.behave["/denied"] = lambda count, req: (401, {"no": True}, 0)
+    assert editor.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": f"{peer.url}/denied"}).json() == \
+        {"ok": False, "status": 401}
+    unreachable = editor.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": "http://127.0.0.1:9/"}).json()
+    assert unreachable["ok"] is False and "second-secret" not in json.dumps(unreachable)
+    assert editor.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": "not a url"}).json()["ok"] is False
+    problem(editor.patch(f"/tenants/{t}/credentials/c_missing", json={"name": "x"}), 404)
+    problem(editor.patch(f"/tenants/{t}/credentials/{cid}", json={"data": {"colour": "red"}}), 422)
+    viewer = Client(api.url, new_key(admin, t, "viewer"))
+    problem(viewer.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": f"{peer.url}/check"}), 403)

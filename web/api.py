@@ -104,7 +104,19 @@ class KeyIn(Body):
 
 
 class RunIn(Body):
-    input: list[dict[str, Any]] | dict[str, Any] = msgspec.field(default_factory=list)
+    #: The trigger's items: an object (one item) or a list; by default one empty item, as `flowfuse run`.
+    input: list[dict[str, Any]] | dict[str, Any] = msgspec.field(default_factory=lambda: [{}])
+
+
+class CredentialPatch(Body):
+    name: str | None = None
+    #: Fields to set; a field given as null is removed; fields not given keep their values.
+    data: dict[str, str | None] | None = None
+
+
+class CredentialTest(Body):
+    #: A URL to GET with the credential (basic, bearer and header credentials).
+    url: str
 
 
 class VariableIn(Body):
@@ -606,6 +618,21 @@ def cancel_execution(request: Request, principal: Principal, access: Access, ten
     return {"id": execution_id, "status_before": before}
 
 
+@post("/tenants/{tenant:str}/executions/{execution_id:str}/retry", sync_to_thread=True, status_code=202,
+      summary="Run a failed execution again from its failed step (earlier steps are not repeated)",
+      opt={"permission": "executions.retry"})
+def retry_execution(request: Request, principal: Principal, access: Access, tenant: str, execution_id: str) -> dict:
+    try:
+        nodes = runtime_of(request).retry(execution_id, access.tenant_id)
+    except LookupError:
+        raise NotFound(f"no execution {execution_id!r} in this tenant") from None
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+    audit(request, principal, "execution.retry", tenant_id=access.tenant_id, target_type="execution",
+          target_id=execution_id, details={"nodes": nodes})
+    return {"id": execution_id, "status": "queued", "rerun": nodes}
+
+
 # -- variables and credentials -----------------------------------------------------------------------------
 @get("/tenants/{tenant:str}/variables", sync_to_thread=True, summary="Tenant variables (`vars` in expressions)",
      opt={"permission": "variables.read"})
@@ -648,6 +675,29 @@ def put_credential(request: Request, principal: Principal, access: Access,
     audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
           details={"name": data.name, "type": data.type, "fields": sorted(data.data)})
     return Response(vault.describe(access.tenant_id, cid), status_code=201)
+
+
+@patch("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True,
+       summary="Rename a credential or change some of its fields (the others keep their values)",
+       opt={"permission": "credentials.write"})
+def update_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str,
+                      data: CredentialPatch) -> dict:
+    meta = runtime_of(request).vault.update(access.tenant_id, credential_id, name=data.name, data=data.data)
+    audit(request, principal, "credential.update", tenant_id=access.tenant_id, target_type="credential",
+          target_id=credential_id, details={"name": meta["name"], "fields": sorted(data.data or {})})
+    return meta
+
+
+@post("/tenants/{tenant:str}/credentials/{credential_id:str}/test", sync_to_thread=True, status_code=200,
+      summary="Try a credential: GET a URL with it and report the HTTP status",
+      opt={"permission": "credentials.write"})
+def test_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str,
+                    data: CredentialTest) -> dict:
+    result = runtime_of(request).try_credential(access.tenant_id, credential_id, data.url)
+    audit(request, principal, "credential.test", tenant_id=access.tenant_id, target_type="credential",
+          target_id=credential_id, outcome="ok" if result["ok"] else "failed",
+          details={"url": data.url, "status": result.get("status")})
+    return result
 
 
 @delete("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True, status_code=204,
@@ -751,7 +801,7 @@ def _on_error(request: Request, exc: Exception) -> Response:
         return problem(429, "Too Many Requests", str(exc), headers={"Retry-After": str(math.ceil(exc.wait_s))})
     if isinstance(exc, Forbidden):
         return problem(403, "Forbidden", str(exc))
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFound) or type(exc) is LookupError:  # (a KeyError is a bug, not a 404)
         return problem(404, "Not Found", str(exc).strip("'\""))
     if isinstance(exc, Conflict):
         return problem(409, "Conflict", str(exc))
@@ -802,8 +852,8 @@ HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enr
             delete_tenant, create_user, list_members, set_member, remove_member, list_keys, create_key, revoke_key,
             list_flows, save_flow, validate_flow, get_flow, update_flow, delete_flow, list_versions, get_version,
             diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
-            get_execution, cancel_execution, list_variables, set_variable, delete_variable, list_credentials,
-            put_credential, delete_credential, tenant_audit, instance_audit]
+            get_execution, cancel_execution, retry_execution, list_variables, set_variable, delete_variable, list_credentials,
+            put_credential, update_credential, test_credential, delete_credential, tenant_audit, instance_audit]
 
 router = Router(path="/api/v1", route_handlers=HANDLERS, guards=[authenticate],
                 dependencies={"principal": Provide(_principal, sync_to_thread=False),
