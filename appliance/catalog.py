@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from engine import Flow, FlowInvalid, Registry, ValidationError, compile_flow
 
@@ -28,6 +28,14 @@ class NotFound(LookupError):
 
 class Conflict(ValueError):
     pass
+
+
+class QuotaExceeded(Conflict):
+    """A tenant quota refuses this. `quota` names it; `retry_after` is the seconds until it frees, if it does."""
+
+    def __init__(self, quota: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.quota, self.retry_after = quota, retry_after
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class Catalog:
         self._compiled: dict[tuple[str, int], Flow] = {}
         self._tenants: dict[str, dict[str, Any]] = {}  # by slug and by id
         self._vars: dict[str, dict[str, Any]] = {}
+        #: tenant id -> its active_flows quota (0: unlimited); set by the runtime (see appliance.quotas).
+        self.active_flow_quota: Callable[[str], int] = lambda tenant_id: 0
 
     # -- cache -------------------------------------------------------------------------------------------
     def _fresh(self) -> None:
@@ -147,12 +157,15 @@ class Catalog:
         if trigger.type == "webhook":
             path, method = trigger.raw_params["path"], trigger.raw_params.get("method", "POST")
         definition = json.dumps(doc, indent=2, ensure_ascii=False)
+        quota = self.active_flow_quota(tenant_id)
 
         def write(conn: sqlite3.Connection) -> str:
             now = time.time()
             row = conn.execute("SELECT id, version, active FROM flows WHERE tenant_id=? AND name=?",
                                (tenant_id, flow.name)).fetchone()
             active = bool(row["active"]) if row and activate is None else bool(activate)
+            if active and not (row and row["active"]):
+                self._check_active_quota(conn, tenant_id, quota)
             if active and path:
                 _check_route(conn, tenant_id, path, row["id"] if row else None)
             if row is None:
@@ -174,14 +187,28 @@ class Catalog:
 
     def set_active(self, tenant_id: str, name: str, active: bool) -> FlowRow:
         row = self.flow(tenant_id, name)
+        quota = self.active_flow_quota(tenant_id)
 
         def write(conn: sqlite3.Connection) -> None:
+            if active and not conn.execute("SELECT active FROM flows WHERE id=?", (row.id,)).fetchone()["active"]:
+                self._check_active_quota(conn, tenant_id, quota)
             if active and row.webhook_path:
                 _check_route(conn, tenant_id, row.webhook_path, row.id)
             conn.execute("UPDATE flows SET active=?, updated_at=? WHERE id=?", (int(active), time.time(), row.id))
         self.db.write(write)
         self.invalidate()
         return self.flow_by_id(row.id)
+
+    def _check_active_quota(self, conn: sqlite3.Connection, tenant_id: str, quota: int) -> None:
+        """Refuse to activate one more flow of a tenant that has `quota` active ones (0: unlimited)."""
+        if not quota:
+            return
+        active = conn.execute("SELECT count(*) FROM flows WHERE tenant_id=? AND active=1", (tenant_id,)).fetchone()[0]
+        if active >= quota:
+            slug = self.tenant_by_id(tenant_id)["slug"]
+            raise QuotaExceeded("active_flows", f"tenant {slug!r} already has {active} active flows, its quota "
+                                f"(active_flows = {quota}); deactivate one first, or ask an instance admin to "
+                                f"raise the quota (PATCH /api/v1/tenants/{slug}/quotas)")
 
     def delete_flow(self, tenant_id: str, name: str) -> None:
         row = self.flow(tenant_id, name)
@@ -241,4 +268,5 @@ def _check_route(conn: sqlite3.Connection, tenant_id: str, path: str, flow_id: s
                        "deactivate it or change the path")
 
 
-__all__ = ["Catalog", "Conflict", "DEFAULT_TENANT", "FlowInvalid", "FlowRow", "NotFound", "ValidationError"]
+__all__ = ["Catalog", "Conflict", "DEFAULT_TENANT", "FlowInvalid", "FlowRow", "NotFound", "QuotaExceeded",
+           "ValidationError"]

@@ -19,6 +19,7 @@ import msgspec
 from engine import FAILED, FINAL, QUEUED, RETRY, RUNNING, WAITING, ExecutionRef, Finish, StepRecord
 
 from .db import Database
+from .usage import UsageMeter
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -84,6 +85,7 @@ class RunStore:
 
     def __init__(self, db: Database):
         self.db = db
+        self.meter = UsageMeter(db)
 
     # -- the engine port -------------------------------------------------------------------------
     async def commit(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
@@ -93,7 +95,13 @@ class RunStore:
         change of an already stored execution is an UPDATE after them.
         """
         if finish is None and ref.persisted and ref.claim is None:  # the hot path: steps of a running run
-            await self.db.awrite(None, [(STEP_SQL, [_step_params(ref, s) for s in steps])])
+            written = self.db.awrite(None, [(STEP_SQL, [_step_params(ref, s) for s in steps])])
+            counted = self._count(ref.tenant_id, 0, steps)
+            try:
+                await written
+            except Exception:
+                self.meter.add(ref.tenant_id, *(-n for n in counted))  # nothing of it was stored
+                raise
             return
         row = None if ref.persisted else ref.row
         update = claim = None
@@ -121,9 +129,24 @@ class RunStore:
                 claim(conn)
                 if update is not None:
                     update(conn)
-        await self.db.awrite(fn, rows)
+        written = self.db.awrite(fn, rows)
+        counted = self._count(ref.tenant_id, 0 if ref.persisted else 1, steps)  # an inline run is created here
+        try:
+            await written
+        except Exception:
+            self.meter.add(ref.tenant_id, *(-n for n in counted))
+            raise
         ref.persisted = True
         ref.claim = None
+
+    def _count(self, tenant_id: str, executions: int, steps: list[StepRecord]) -> tuple[int, int, int]:
+        """Meter a write (see appliance.usage): executions created, steps and their output bytes."""
+        nbytes = 0
+        for s in steps:
+            if s.outputs_json:
+                nbytes += len(s.outputs_json)
+        self.meter.add(tenant_id, executions, len(steps), nbytes)
+        return executions, len(steps), nbytes
 
     @staticmethod
     def _claim_fn(execution_id: str, status: str, previous_owner: str | None, owner: str):
@@ -147,10 +170,19 @@ class RunStore:
                                                          (row["dedup_key"],)).fetchone():
                     return False
                 raise
-        return self.db.write(write)
+        inserted = self.db.write(write)
+        if inserted:
+            self.meter.add(row["tenant_id"], 1, 0, 0)
+        return inserted
 
     async def ainsert(self, row: dict[str, Any]) -> None:
-        await self.db.awrite(None, [(EXEC_SQL, [row])])
+        written = self.db.awrite(None, [(EXEC_SQL, [row])])
+        self.meter.add(row["tenant_id"], 1, 0, 0)
+        try:
+            await written
+        except Exception:
+            self.meter.add(row["tenant_id"], -1, 0, 0)
+            raise
 
     def load(self, execution_id: str) -> Loaded | None:
         row = self.db.one("SELECT * FROM executions WHERE id=?", (execution_id,))
@@ -211,6 +243,25 @@ class RunStore:
                          "resume_at=NULL, owner=NULL, meta=?, updated_at=? WHERE id=?",
                          (json.dumps(meta), now, execution_id))
             return [s["node"] for s in failed]
+        return self.db.write(write)
+
+    def prune(self, tenant_id: str, finished_before: float, limit: int = 100) -> int:
+        """Delete up to `limit` of the tenant's executions that finished before then, with their steps and
+        resume payloads, in one short transaction; returns how many went. Unfinished ones stay.
+
+        Ids begin with their creation time, and an execution finishes after it is created, so `id <`
+        bounds the scan (index executions_status) to executions created before then.
+        """
+        bound = f"{int(finished_before * 1000) + 1:012x}"
+
+        def write(conn: sqlite3.Connection) -> int:
+            ids = [(r[0],) for r in conn.execute(
+                "SELECT id FROM executions WHERE tenant_id=? AND status IN ('succeeded', 'failed', 'cancelled') "
+                "AND id < ? AND finished_at < ? LIMIT ?", (tenant_id, bound, finished_before, limit))]
+            conn.executemany("DELETE FROM steps WHERE execution_id=?", ids)
+            conn.executemany("DELETE FROM resume_payloads WHERE execution_id=?", ids)
+            conn.executemany("DELETE FROM executions WHERE id=?", ids)
+            return len(ids)
         return self.db.write(write)
 
     def cancel_requested(self, owner: str) -> list[str]:

@@ -26,9 +26,10 @@ from engine import (
 
 from . import schema
 from .audit import AuditLog
-from .catalog import Catalog, FlowRow, NotFound
+from .catalog import Catalog, FlowRow, NotFound, QuotaExceeded
 from .db import Database, Writer, migrate, pending_migrations
 from .queue import make_queue
+from .quotas import QuotaBook, TenantGate
 from .runs import ClaimLost, RunStore, execution_row
 from .settings import Settings
 from .identity import Identity
@@ -92,6 +93,10 @@ class Runtime:
         self.registry = default_registry()
         self.catalog = Catalog(self.control, self.registry)
         self.runs = RunStore(self.runs_db)
+        self.quotas = QuotaBook(settings.quotas, self.catalog, self.runs_db)
+        self.catalog.active_flow_quota = self.quotas.active_flows
+        #: The worker's per-tenant concurrency quota (see run_queued).
+        self.gate = TenantGate()
         self.vault = Vault(self.control, data / "flowfuse.key", self.registry)
         self.vault.check()  # a missing or wrong master key stops every process here, changing nothing
         self.identity = Identity(self.control, self.vault)
@@ -172,15 +177,20 @@ class Runtime:
 
     def queue_execution(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
                         dedup_key: str | None = None, parent_id: str | None = None) -> Started:
-        """Durably record a queued execution, then hand it to the worker through Huey."""
+        """Durably record a queued execution, then hand it to the worker through Huey.
+
+        Raises QuotaExceeded past the tenant's monthly executions."""
+        self.quotas.admit(flow.tenant_id)
         row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
                             trigger=trigger, items=items, meta=meta, dedup_key=dedup_key, parent_id=parent_id)
         if not self.runs.insert(row):
+            self.quotas.forget(flow.tenant_id)
             return Started(None)
         self.enqueue(row["id"])
         return Started(row["id"])
 
     async def aqueue_execution(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None) -> str:
+        self.quotas.admit(flow.tenant_id)
         row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
                             trigger=trigger, items=items, meta=meta)
         await self.runs.ainsert(row)
@@ -190,7 +200,10 @@ class Runtime:
     async def run_inline(self, flow: FlowRow, trigger: str, items: list[dict], meta: dict | None = None,
                          parent_id: str | None = None, dedup_key: str | None = None,
                          execution_id: str | None = None) -> tuple[str, Outcome]:
-        """Run a new execution in this process (synchronous webhooks, `flowfuse run`, sub-flows)."""
+        """Run a new execution in this process (synchronous webhooks, `flowfuse run`, sub-flows).
+
+        Raises QuotaExceeded past the tenant's monthly executions."""
+        self.quotas.admit(flow.tenant_id)
         compiled = self.catalog.compiled(flow.id, flow.version)
         row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
                             trigger=trigger, items=items, status=RUNNING, meta=meta, parent_id=parent_id,

@@ -333,3 +333,22 @@ def _control_0003(db) -> None:
 def _control_0004(db) -> None:
     """The last TOTP time step a person used, so that a code cannot be used twice."""
     db.executescript("ALTER TABLE users ADD COLUMN totp_last_step INTEGER;")
+
+
+@runs(name="0003_usage")
+def _runs_0003(db) -> None:
+    """Usage per tenant and UTC day, for transaction pricing and the monthly execution quota.
+
+    In runs.db, beside what it counts: appliance.usage writes it in the same group commit as the
+    executions and steps. Kept when old executions are deleted by retention.
+    """
+    db.executescript("""
+    CREATE TABLE usage (
+        tenant_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        executions INTEGER NOT NULL DEFAULT 0,
+        steps INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, day)
+    ) WITHOUT ROWID;
+    """)

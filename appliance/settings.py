@@ -73,6 +73,8 @@ class Worker:
     "How often each process records that it is alive."
     stale_after_s: float = 15.0
     "A process silent this long is dead: its running executions are resumed elsewhere."
+    retention_interval_s: float = 60.0
+    "How often the worker deletes finished executions older than their tenant's quotas.retention_days."
 
 
 @dataclass
@@ -81,6 +83,23 @@ class Schedule:
     "How often the worker checks for due cron triggers."
     catch_up: int = 1
     "Due times missed while stopped that fire on start (newest first); 0 skips them."
+
+
+@dataclass
+class Quotas:
+    """Instance defaults of the per-tenant quotas; an instance admin overrides them per tenant
+    (PATCH /api/v1/tenants/{tenant}/quotas). 0 means unlimited (for retention_days: keep forever)."""
+
+    active_flows: int = 0
+    "Flows a tenant may have active (listening to a webhook or schedule) at once; 0: unlimited."
+    executions_per_month: int = 0
+    "Executions a tenant may start per calendar month (UTC); beyond it new ones are refused; 0: unlimited."
+    concurrent_executions: int = 0
+    "Executions of a tenant running at once; more wait in order (sync webhooks up to server.sync_timeout_s); 0: unlimited."
+    webhook_requests_per_minute: int = 0
+    "Webhook requests a tenant may receive per minute (bursts up to the same number); beyond it 429; 0: unlimited."
+    retention_days: int = 30
+    "Days finished executions (with their steps) are kept before the worker deletes them; 0: forever."
 
 
 @dataclass
@@ -96,6 +115,7 @@ class Settings:
     engine: Engine = field(default_factory=Engine)
     worker: Worker = field(default_factory=Worker)
     schedule: Schedule = field(default_factory=Schedule)
+    quotas: Quotas = field(default_factory=Quotas)
     logging: Logging = field(default_factory=Logging)
     #: Where the file settings came from (None: defaults only).
     source: str | None = None
@@ -204,14 +224,15 @@ def _check(settings: Settings, origins: dict[str, str]) -> None:
         raise SettingsError(f"{where('engine.checkpoint')}: engine.checkpoint must be effects or every_step")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
-    for section in SECTIONS:  # every number is a size, a count or a duration: above 0 (catch_up: 0 allowed)
-        obj = getattr(settings, section)
+    for section in SECTIONS:  # every number is a size, a count or a duration: above 0 (0 allowed where it means
+        obj = getattr(settings, section)  # none or unlimited: catch_up and the quotas)
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 key = f"{section}.{f.name}"
-                if value < 0 or (value == 0 and key != "schedule.catch_up"):
-                    least = "0 or more" if key == "schedule.catch_up" else "above 0"
+                zero_ok = key == "schedule.catch_up" or section == "quotas"
+                if value < 0 or (value == 0 and not zero_ok):
+                    least = "0 or more" if zero_ok else "above 0"
                     raise SettingsError(f"{where(key)}: {key} must be {least}, got {value}")
 
 

@@ -27,6 +27,7 @@ from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 
 from appliance.catalog import Conflict, FlowInvalid, NotFound
@@ -854,6 +855,32 @@ HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enr
             diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
             get_execution, cancel_execution, retry_execution, list_variables, set_variable, delete_variable, list_credentials,
             put_credential, update_credential, test_credential, delete_credential, tenant_audit, instance_audit]
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct):
+    """An RFC 9457 problem document: every error of the API has this shape."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+_PROBLEMS = {code: ResponseSpec(data_container=Problem, media_type="application/problem+json", description=text)
+             for code, text in ((400, "Malformed request: the body or a parameter does not fit"),
+                                (401, "No valid API key or session"),
+                                (403, "Not allowed for this role, or missing CSRF token"),
+                                (404, "Not found, or not visible to the caller"),
+                                (409, "Conflicts with the current state"),
+                                (422, "Invalid values; `errors` names the fields"),
+                                (429, "Too many attempts; see Retry-After"))}
+for _handler in HANDLERS:  # documented in the OpenAPI document, so clients (and Schemathesis) know them
+    _handler.responses = {**_PROBLEMS, **(_handler.responses or {})}
 
 router = Router(path="/api/v1", route_handlers=HANDLERS, guards=[authenticate],
                 dependencies={"principal": Provide(_principal, sync_to_thread=False),

@@ -1,0 +1,126 @@
+"""Usage metering per tenant and UTC day, for transaction pricing: executions, steps, bytes stored.
+
+- executions: counted when created (queued, or started inline by a synchronous webhook or a sub-flow),
+  the moment the quota admits them, whether they then succeed or fail; a retry or resume is not a new one;
+- steps: step records written to runs.db (each attempt of a node is one);
+- bytes: the size of the step outputs written (the JSON stored per step).
+
+`RunStore` reports what it writes to `UsageMeter.add`, which sums it in memory; one upsert job per
+group commit writes the sums to the `usage` table of runs.db. That job joins the transaction that
+carries the rows it counts, so there is no transaction of its own, and a crash neither loses nor
+doubles a count of rows that were committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from .db import Database
+from .identity import Invalid
+
+log = logging.getLogger("flowfuse.usage")
+COLUMNS = ("executions", "steps", "bytes")
+UPSERT = ("INSERT INTO usage (tenant_id, day, executions, steps, bytes) VALUES (?,?,?,?,?) "
+          "ON CONFLICT (tenant_id, day) DO UPDATE SET executions=executions+excluded.executions, "
+          "steps=steps+excluded.steps, bytes=bytes+excluded.bytes")
+
+
+class UsageMeter:
+    """Sums of what RunStore wrote, per (tenant, day), on their way to the `usage` table.
+
+    `add` only adds in memory and, if no upsert job is queued, queues one on the database's writer;
+    that job takes every sum gathered by the time its transaction runs. Sums it took stay held
+    until its commit succeeds, so a rolled-back transaction (or one retried job by job) writes them
+    again rather than losing them.
+    """
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._taken: dict[tuple[str, str], list[int]] = {}
+        self._queued = False
+        self._day, self._day_ends = "", 0.0
+
+    def add(self, tenant_id: str, executions: int, steps: int, nbytes: int) -> None:
+        now = time.time()
+        if now >= self._day_ends:
+            self._day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            self._day_ends = (now // 86400 + 1) * 86400
+        key = (tenant_id, self._day)
+        with self._lock:
+            counts = self._pending.get(key)
+            if counts is None:
+                self._pending[key] = [executions, steps, nbytes]
+            else:
+                counts[0] += executions
+                counts[1] += steps
+                counts[2] += nbytes
+            if self._queued:
+                return
+            self._queued = True
+        self._queue()
+
+    def _queue(self) -> None:
+        try:
+            self.db.writer.submit(self._write).add_done_callback(self._written)
+        except RuntimeError:  # the writer is closing: what it has not committed is not counted either
+            with self._lock:
+                self._queued = False
+
+    def _write(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            for key, counts in self._pending.items():
+                held = self._taken.setdefault(key, [0, 0, 0])
+                for i in range(3):
+                    held[i] += counts[i]
+            self._pending = {}
+            rows = [(tenant_id, day, *counts) for (tenant_id, day), counts in self._taken.items() if any(counts)]
+        conn.executemany(UPSERT, rows)
+
+    def _written(self, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            log.warning("usage counters not written (kept for the next commit): %s", error)
+        with self._lock:
+            if error is None:
+                self._taken = {}
+            again = self._queued = error is None and bool(self._pending)
+        if again:
+            self._queue()
+
+
+def parse_day(value: str | None, field: str, default: dt.date) -> dt.date:
+    if not value:
+        return default
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise Invalid(field, f"{value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def report(db: Database, tenant_id: str, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Per-day rows (days with any usage, oldest first) and totals, `start` to `end` inclusive."""
+    rows = [dict(r) for r in db.query("SELECT day, executions, steps, bytes FROM usage WHERE tenant_id=? AND "
+                                      "day BETWEEN ? AND ? ORDER BY day", (tenant_id, start.isoformat(),
+                                                                           end.isoformat()))]
+    totals = {c: sum(r[c] for r in rows) for c in COLUMNS}
+    return {"from": start.isoformat(), "to": end.isoformat(), "days": rows, "totals": totals}
+
+
+def to_csv(tenant_slug: str, found: dict[str, Any]) -> str:
+    """One line per day with a header row; the tenant in every line, so exports of tenants can be joined."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(("tenant", "day", *COLUMNS))
+    for row in found["days"]:
+        writer.writerow((tenant_slug, row["day"], *(row[c] for c in COLUMNS)))
+    return out.getvalue()
