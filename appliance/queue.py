@@ -107,6 +107,6 @@ def make_queue(runtime: "Runtime", path: Path, settings: "Settings"):
             raise RuntimeError("the worker's event loop is not running")
         # Not awaited: the execution is durable in runs.db; if this process dies before it is
         # claimed, start-up recovery queues every 'queued' execution again.
-        runtime.loop_thread.submit(runtime.run_execution(execution_id))
+        runtime.loop_thread.submit(runtime.run_queued(execution_id))
 
     return huey, run_execution

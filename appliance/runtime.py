@@ -225,12 +225,43 @@ class Runtime:
         run = self._prepare(execution_id)
         if run is None:
             return None
+        return await self._run_prepared(run)
+
+    async def _run_prepared(self, run: Run) -> Outcome | None:
         try:
             outcome = await self._execute(run)
         except ClaimLost:
             return None  # cancelled, or taken over, before it committed anything: nothing to do here
         await self._after(run, outcome)
         return outcome
+
+    async def run_queued(self, execution_id: str) -> None:
+        """What a queue message does: `run_execution` within the tenant's concurrent_executions quota.
+
+        At the quota the execution waits in `self.gate` and this message ends, freeing its worker slot
+        for other tenants; when one of the tenant's executions ends, its coroutine goes on with the
+        first one waiting (so those start in order, each holding the slot of the one before).
+        """
+        run = None if execution_id in self.active else self._prepare(execution_id)
+        if run is None:
+            return
+        tenant_id = run.ref.tenant_id
+        if not self.gate.enter(tenant_id, execution_id, self.quotas.concurrency(tenant_id)):
+            return
+        while True:
+            try:
+                if run is not None:
+                    await self._run_prepared(run)
+            except Exception:  # logged, not raised: the slot must go on to the next one waiting
+                log.exception("execution %s failed in the worker", run.ref.id)
+            execution_id = self.gate.leave(tenant_id, self.quotas.concurrency(tenant_id))
+            if execution_id is None:
+                return
+            try:  # None: cancelled, finished or taken elsewhere while it waited
+                run = None if execution_id in self.active else self._prepare(execution_id)
+            except Exception:
+                log.exception("execution %s could not be started", execution_id)
+                run = None
 
     def _prepare(self, execution_id: str) -> Run | None:
         """The Run to resume or start, or None if the execution is not this process's to run now."""
@@ -278,7 +309,10 @@ class Runtime:
             return
         item = {"execution": {"id": run.ref.id, "flow": run.flow.name, "trigger": run.trigger,
                               "started_at": run.started_at, "error": outcome.error}}
-        self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
+        try:
+            self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
+        except QuotaExceeded as exc:
+            log.warning("error flow %r not started for execution %s: %s", target.name, run.ref.id, exc)
 
     def try_credential(self, tenant_id: str, credential_id: str, url: str) -> dict[str, Any]:
         """Test a credential against a URL (see connectors.http.try_credential)."""
@@ -332,7 +366,11 @@ class Runtime:
                 # Being run by another message (recovery queues orphaned children too): wait for its end.
                 await asyncio.sleep(0.1)
         else:
-            child_id, outcome = await self.run_inline(flow, "subflow", items, parent_id=parent.id, dedup_key=dedup)
+            try:
+                child_id, outcome = await self.run_inline(flow, "subflow", items, parent_id=parent.id,
+                                                          dedup_key=dedup)
+            except QuotaExceeded as exc:
+                raise NodeError(f"sub-flow {name!r} not started: {exc}") from None
         if outcome.status == SUCCEEDED:
             return outcome.output
         if outcome.status == WAITING:
