@@ -39,6 +39,7 @@ PERMISSIONS: dict[str, str] = {
     "credentials.read": "viewer",  # names, types and which fields are set; never values
     "variables.read": "viewer",
     "members.read": "viewer",
+    "usage.read": "viewer",  # executions, steps and bytes per day (GET .../usage)
     "flows.run": "operator",
     "executions.cancel": "operator",
     "executions.retry": "operator",

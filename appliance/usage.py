@@ -98,13 +98,22 @@ class UsageMeter:
             self._queue()
 
 
-def parse_day(value: str | None, field: str, default: dt.date) -> dt.date:
+def period(start: str | None, end: str | None) -> tuple[dt.date, dt.date]:
+    """The days from `start` to `end` (YYYY-MM-DD, inclusive); by default this month up to today (UTC)."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first, last = _day(start, "from", today.replace(day=1)), _day(end, "to", today)
+    if last < first:
+        raise Invalid("to", f"{last} is before from ({first})")
+    return first, last
+
+
+def _day(value: str | None, name: str, default: dt.date) -> dt.date:
     if not value:
         return default
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise Invalid(field, f"{value!r} is not a date; use YYYY-MM-DD") from None
+        raise Invalid(name, f"{value!r} is not a date; use YYYY-MM-DD") from None
 
 
 def report(db: Database, tenant_id: str, start: dt.date, end: dt.date) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from croniter import croniter
 
 from engine import QUEUED
 
+from .catalog import QuotaExceeded
 from .queue import EventLoopThread
 from .runs import EXEC_SQL, execution_row
 from .runtime import Runtime, tune_gc
@@ -68,6 +69,7 @@ class CronScheduler:
         late = now - 2 * settings.tick_s - 1
         missed = [d for d in due if d < late]
         fire = (missed[-settings.catch_up:] if settings.catch_up > 0 else []) + [d for d in due if d >= late]
+        fire = self._admit(flow, fire)
         rows = [execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name,
                               flow_version=flow.version, trigger="schedule", status=QUEUED,
                               items=[{"scheduled_at": _iso(d, tz), "timezone": tz}],
@@ -84,11 +86,25 @@ class CronScheduler:
                          "last_due=excluded.last_due", (flow.id, flow.tenant_id, due[-1]))
             return inserted
         inserted = self.runtime.runs_db.write(write)
+        if inserted:
+            self.runtime.runs.meter.add(flow.tenant_id, len(inserted), 0, 0)
+        if len(rows) > len(inserted):  # fired before (dedup): not new executions after all
+            self.runtime.quotas.forget(flow.tenant_id, len(rows) - len(inserted))
         if len(due) > len(fire):
             log.info("flow %s: skipped %d due times missed while stopped", flow.name, len(due) - len(fire))
         for execution_id in inserted:
             self.runtime.enqueue(execution_id)
         return inserted
+
+    def _admit(self, flow, fire: list[float]) -> list[float]:
+        """The due times the tenant's monthly quota lets fire; the others are skipped (and logged), not kept."""
+        for i in range(len(fire)):
+            try:
+                self.runtime.quotas.admit(flow.tenant_id)
+            except QuotaExceeded as exc:
+                log.warning("flow %s: %d schedule firing(s) skipped: %s", flow.name, len(fire) - i, exc)
+                return fire[:i]
+        return fire
 
 
 def _iso(ts: float, tz: str) -> str:
@@ -125,15 +141,32 @@ class Housekeeper(threading.Thread):
             rt.enqueue(execution_id)
         if rt.huey.storage.queue_size() == 0:  # queued executions but no messages: a process died in between
             for execution_id in rt.runs.queued(created_before=time.time() - 1):
-                if execution_id in rt.active:
-                    continue  # taken off the queue and running here; claimed with its first commit
+                if execution_id in rt.active or rt.gate.holds(execution_id):
+                    continue  # running here (claimed with its first commit), or waiting for its tenant's slot
                 log.info("queueing execution %s again: its message was lost", execution_id)
                 rt.enqueue(execution_id)
+        for execution_id in rt.gate.startable(rt.quotas.concurrency):  # the tenant's quota was raised
+            rt.enqueue(execution_id)
+
+    def prune(self, budget_s: float = 0.5) -> bool:
+        """Delete finished executions past their tenant's retention_days, a short transaction at a time so
+        that the engine's commits wait little; True if time ran out with more to delete."""
+        rt = self.runtime
+        deadline = time.monotonic() + budget_s
+        for row in rt.control.query("SELECT id FROM tenants"):
+            days = rt.quotas.limits(row["id"]).retention_days
+            if not days:
+                continue
+            before = time.time() - days * 86400
+            while rt.runs.prune(row["id"], before) > 0:
+                if time.monotonic() > deadline:
+                    return True
+        return False
 
     def run(self) -> None:
         rt = self.runtime
         settings = rt.settings
-        next_beat = next_recover = next_tick = 0.0
+        next_beat = next_recover = next_tick = next_prune = 0.0
         while not self.stop_event.is_set():
             now = time.monotonic()
             try:
@@ -148,6 +181,9 @@ class Housekeeper(threading.Thread):
                 if now >= next_tick and self._is_scheduler():
                     self.cron.tick()
                     next_tick = now + settings.schedule.tick_s
+                if now >= next_prune and self._is_scheduler():
+                    more = self.prune()
+                    next_prune = time.monotonic() + (0.2 if more else settings.worker.retention_interval_s)
             except Exception:
                 log.exception("housekeeping failed; trying again")
             self.stop_event.wait(0.2)

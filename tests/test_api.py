@@ -12,70 +12,23 @@ import httpx
 import pytest
 
 from appliance.identity import PERMISSIONS, ROLES, role_at_least, roles_with
-from tests.conftest import Server, flowfuse, free_port, poll
+from tests.api_helpers import (
+    ADMIN, Client, new_key, new_tenant, new_user, problem, signed_in_admin, start_with_admin,
+)
+from tests.conftest import flowfuse, poll
 from web.api import HANDLERS
-
-PASSWORD = "correct horse battery staple 9"
-
-
-class Client:
-    """An API caller: a key, or a session cookie with its CSRF token."""
-
-    def __init__(self, base: str, key: str | None = None):
-        self.http = httpx.Client(base_url=base + "/api/v1", timeout=15)
-        if key:
-            self.http.headers["authorization"] = f"Bearer {key}"
-
-    def sign_in(self, email: str, password: str = PASSWORD) -> httpx.Response:
-        r = self.http.post("/session", json={"email": email, "password": password})
-        if r.status_code == 201:
-            self.http.headers["x-csrf-token"] = r.json()["csrf_token"]
-        return r
-
-    def __getattr__(self, name):
-        return getattr(self.http, name)
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    data = tmp_path_factory.mktemp("api") / "data"
-    made = flowfuse("init", "--data-dir", str(data), "--admin-email", "root@example.com",
-                    env={"FLOWFUSE_ADMIN_PASSWORD": PASSWORD})
-    assert made.returncode == 0, made.stderr
-    srv = Server(data, free_port()).start("serve")
+    srv = start_with_admin(tmp_path_factory.mktemp("api") / "data", "serve")
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def admin(api):
-    client = Client(api.url)
-    assert client.sign_in("root@example.com").status_code == 201
-    return client
-
-
-_made = iter(range(10**6))
-
-
-def new_tenant(admin: Client) -> str:
-    slug = f"t{next(_made)}-{int(time.time() * 1000) % 10**6}"
-    assert admin.post("/tenants", json={"slug": slug}).status_code == 201
-    return slug
-
-
-def new_user(admin: Client, tenant: str, role: str) -> tuple[str, str]:
-    email = f"u{next(_made)}-{time.time_ns()}@example.com"
-    r = admin.post("/users", json={"email": email, "password": PASSWORD})
-    assert r.status_code == 201, r.text
-    uid = r.json()["id"]
-    assert admin.put(f"/tenants/{tenant}/members/{uid}", json={"role": role}).status_code == 200
-    return uid, email
-
-
-def new_key(client: Client, tenant: str, role: str, **extra) -> str:
-    r = client.post(f"/tenants/{tenant}/api-keys", json={"name": f"{role} key", "role": role, **extra})
-    assert r.status_code == 201, r.text
-    return r.json()["key"]
+    return signed_in_admin(api)
 
 
 HOOK_FLOW = {"name": "orders", "nodes": [
@@ -88,22 +41,14 @@ MANUAL_FLOW = {"name": "manual", "nodes": [
     "edges": [{"from": "start", "to": "mark"}]}
 
 
-def problem(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["detail"]
-    return body
-
-
 def test_sign_in_sessions_and_csrf(api, admin):
     anon = Client(api.url)
     problem(anon.get("/me"), 401)
-    problem(anon.sign_in("root@example.com", "wrong password 123"), 401)
+    problem(anon.sign_in(ADMIN, "wrong password 123"), 401)
     problem(anon.sign_in("nobody@example.com"), 401)
 
     person = Client(api.url)
-    r = person.sign_in("root@example.com")
+    r = person.sign_in(ADMIN)
     assert "ff_session" in r.cookies and "httponly" in r.headers["set-cookie"].lower()
     assert person.get("/me").json()["is_admin"] is True
 
@@ -115,12 +60,12 @@ def test_sign_in_sessions_and_csrf(api, admin):
     problem(person.get("/me"), 401)
 
     other = Client(api.url)
-    other.sign_in("root@example.com")
+    other.sign_in(ADMIN)
     third = Client(api.url)
-    third.sign_in("root@example.com")
+    third.sign_in(ADMIN)
     assert other.delete("/sessions").status_code == 204  # sign out everywhere
     problem(third.get("/me"), 401)
-    admin.sign_in("root@example.com")  # the module's admin session was ended too
+    admin.sign_in(ADMIN)  # the module's admin session was ended too
 
 
 def _tenant_routes():
@@ -329,7 +274,7 @@ def test_credentials_are_write_only_and_everything_is_audited(api, admin):
     problem(editor.post(f"/tenants/{t}/credentials", json={"name": "x", "type": "nope", "data": {}}), 422)
     assert editor.delete(f"/tenants/{t}/credentials/{made.json()['id']}").status_code == 204
 
-    Client(api.url).sign_in("root@example.com", "a wrong password!")
+    Client(api.url).sign_in(ADMIN, "a wrong password!")
     entries = admin.get(f"/tenants/{t}/audit", params={"limit": 500}).json()["items"]
     actions = [e["action"] for e in entries]
     for expected in ("tenant.create", "api_key.create", "credential.set", "credential.delete"):

@@ -10,28 +10,24 @@ import httpx
 import pyotp
 import pytest
 
+from tests.api_helpers import (
+    PASSWORD, Client, new_key, new_tenant, new_user, problem, signed_in_admin, start_with_admin,
+)
 from tests.conftest import Server, flowfuse, free_port
-from tests.test_api import PASSWORD, Client, new_key, new_tenant, new_user, problem
 
 NEW_PASSWORD = "another long passphrase 42"
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    data = tmp_path_factory.mktemp("identity") / "data"
-    made = flowfuse("init", "--data-dir", str(data), "--admin-email", "root@example.com",
-                    env={"FLOWFUSE_ADMIN_PASSWORD": PASSWORD})
-    assert made.returncode == 0, made.stderr
-    srv = Server(data, free_port()).start("web")
+    srv = start_with_admin(tmp_path_factory.mktemp("identity") / "data", "web")
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def admin(api):
-    client = Client(api.url)
-    assert client.sign_in("root@example.com").status_code == 201
-    return client
+    return signed_in_admin(api)
 
 
 def code_at(secret: str, offset_s: float = 0) -> str:

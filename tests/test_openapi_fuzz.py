@@ -12,8 +12,8 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance, response_schema_conformance, status_code_conformance,
 )
 
-from tests.conftest import Server, flowfuse, free_port
-from tests.test_api import MANUAL_FLOW, PASSWORD, Client, new_key
+from tests.api_helpers import new_key, signed_in_admin, start_with_admin
+from tests.test_api import MANUAL_FLOW
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 #: Cases per operation: enough to find crashes on odd input, bounded so `make test` stays quick.
@@ -22,13 +22,8 @@ EXAMPLES = 6
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
-    data = tmp_path_factory.mktemp("fuzz") / "data"
-    made = flowfuse("init", "--data-dir", str(data), "--admin-email", "root@example.com",
-                    env={"FLOWFUSE_ADMIN_PASSWORD": PASSWORD})
-    assert made.returncode == 0, made.stderr
-    srv = Server(data, free_port()).start("web")
-    admin = Client(srv.url)
-    admin.sign_in("root@example.com")
+    srv = start_with_admin(tmp_path_factory.mktemp("fuzz") / "data", "web")
+    admin = signed_in_admin(srv)
     admin.post("/tenants/default/flows", json=MANUAL_FLOW)
     yield srv, new_key(admin, "default", "owner")
     srv.stop()

@@ -35,6 +35,7 @@ from appliance.identity import (
     KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized, sha256, tenant_settings,
 )
 from appliance.runtime import Runtime
+from appliance.usage import period, report, to_csv
 from engine import FINAL
 
 log = logging.getLogger("flowfuse.api")
@@ -735,6 +736,79 @@ def instance_audit(request: Request, principal: Principal, tenant: str | None = 
     return {"items": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
 
 
+# -- quotas and usage ----------------------------------------------------------------------------------------
+class QuotasIn(Body):
+    """Overrides of the instance's [quotas] for one tenant: 0 is unlimited, null goes back to the instance
+    default, a quota left out stays as it is."""
+
+    active_flows: int | None | msgspec.UnsetType = msgspec.UNSET
+    executions_per_month: int | None | msgspec.UnsetType = msgspec.UNSET
+    concurrent_executions: int | None | msgspec.UnsetType = msgspec.UNSET
+    webhook_requests_per_minute: int | None | msgspec.UnsetType = msgspec.UNSET
+    retention_days: int | None | msgspec.UnsetType = msgspec.UNSET
+
+
+@get("/tenants/{tenant:str}/quotas", sync_to_thread=True,
+     summary="The tenant's quotas (0: unlimited), where each comes from, and what it uses of them",
+     opt={"permission": "tenant.read"})
+def get_quotas(request: Request, access: Access, tenant: str) -> dict:
+    return {"tenant": access.tenant["slug"], **runtime_of(request).quotas.view(access.tenant_id)}
+
+
+@patch("/tenants/{tenant:str}/quotas", sync_to_thread=True,
+       summary="Override the tenant's quotas (instance admins)", opt={"admin": "changing quotas"})
+def update_quotas(request: Request, principal: Principal, tenant: str, data: QuotasIn) -> dict:
+    rt = runtime_of(request)
+    found = rt.identity.tenant(tenant)
+    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    overrides = rt.quotas.set_overrides(found["id"], changes)
+    audit(request, principal, "tenant.quotas", tenant_id=found["id"], target_type="tenant", target_id=found["id"],
+          details={"changes": changes, "overrides": overrides})
+    return {"tenant": found["slug"], **rt.quotas.view(found["id"])}
+
+
+@get("/tenants/{tenant:str}/usage", sync_to_thread=True,
+     summary="Usage per day (executions, steps, bytes stored) and totals; CSV with ?format=csv or Accept: text/csv",
+     opt={"permission": "usage.read"})
+def tenant_usage(request: Request, access: Access, tenant: str,
+                 from_: str | None = QueryParameter(name="from", default=None, description="YYYY-MM-DD"),
+                 to: str | None = Parameter(default=None, description="YYYY-MM-DD, inclusive"),
+                 format_: str | None = QueryParameter(name="format", default=None, description="json or csv")
+                 ) -> Response:
+    return _usage(request, access, from_, to, format_)
+
+
+@get("/usage", sync_to_thread=True,
+     summary="Usage of the caller's tenant (an API key's own; name it with ?tenant= if you have several)")
+def own_usage(request: Request, principal: Principal, tenant: str | None = None,
+              from_: str | None = QueryParameter(name="from", default=None, description="YYYY-MM-DD"),
+              to: str | None = Parameter(default=None, description="YYYY-MM-DD, inclusive"),
+              format_: str | None = QueryParameter(name="format", default=None, description="json or csv")
+              ) -> Response:
+    if tenant is None:
+        if principal.kind == "api_key":
+            tenant = principal.tenant_id
+        else:
+            mine = [t["slug"] for t in runtime_of(request).identity.tenants_of(principal)]
+            if len(mine) != 1:
+                raise Invalid("tenant", f"you have {len(mine)} tenants; name one with ?tenant= "
+                                        f"({', '.join(mine[:20]) or 'none'})")
+            tenant = mine[0]
+    return _usage(request, _guard(request, principal, tenant, "usage.read"), from_, to, format_)
+
+
+def _usage(request: Request, access: Access, start: str | None, end: str | None, fmt: str | None) -> Response:
+    if fmt not in (None, "json", "csv"):
+        raise Invalid("format", "must be json or csv")
+    first, last = period(start, end)
+    found = report(runtime_of(request).runs_db, access.tenant_id, first, last)
+    slug = access.tenant["slug"]
+    if fmt == "csv" or (fmt is None and "text/csv" in request.headers.get("accept", "")):
+        return Response(to_csv(slug, found), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": f'attachment; filename="usage-{slug}-{first}-{last}.csv"'})
+    return Response({"tenant": slug, **found})
+
+
 # -- helpers -------------------------------------------------------------------------------------------------
 class TooManyAttempts(Exception):
     def __init__(self, wait_s: float):
@@ -854,7 +928,8 @@ HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enr
             list_flows, save_flow, validate_flow, get_flow, update_flow, delete_flow, list_versions, get_version,
             diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
             get_execution, cancel_execution, retry_execution, list_variables, set_variable, delete_variable, list_credentials,
-            put_credential, update_credential, test_credential, delete_credential, tenant_audit, instance_audit]
+            put_credential, update_credential, test_credential, delete_credential, tenant_audit, instance_audit,
+            get_quotas, update_quotas, tenant_usage, own_usage]
 
 class FieldError(msgspec.Struct):
     field: str

@@ -4,6 +4,12 @@ Synchronous (`respond: when_done`) webhooks run the flow inline in this process 
 its result; asynchronous ones (`immediately`) answer 202 once the execution is in runs.db and its
 message in the queue. Unknown path 404, wrong method 405, malformed JSON 400, body over the limit
 413: none of these creates an execution. The flow is found in memory (see Catalog.route).
+
+Tenant quotas are checked from memory too (see appliance.quotas and web.limits): past
+webhook_requests_per_minute, or executions_per_month, a request gets 429 with Retry-After and
+creates no execution. Synchronous webhooks count against concurrent_executions in this process:
+past it they wait their turn in arrival order; one still waiting at server.sync_timeout_s is
+queued for the worker instead and answered 202, like an asynchronous webhook, so none is dropped.
 """
 
 from __future__ import annotations
@@ -11,15 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
 
+from appliance.catalog import QuotaExceeded
 from appliance.runs import new_id
 from appliance.runtime import Runtime
 from engine import CANCELLED, FAILED, SUCCEEDED, WAITING, Outcome
+
+from .limits import RateLimiter, SyncSlots
 
 log = logging.getLogger("flowfuse.hooks")
 _encode = msgspec.json.Encoder().encode
@@ -121,12 +132,17 @@ class Hooks:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self.background: set[asyncio.Task] = set()
+        self.rate = RateLimiter()
+        self.slots = SyncSlots()
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await self._handle(scope, receive, send)
         except _Rejected as rejected:
             await _send(send, rejected.status, {"error": rejected.message})
+        except QuotaExceeded as exc:  # raised before any answer or execution
+            await _send(send, 429, {"error": str(exc), "quota": exc.quota},
+                        [(b"retry-after", str(max(1, math.ceil(exc.retry_after or 1))).encode())])
         except Exception:
             log.exception("webhook %s %s failed", scope["method"], scope["path"])
             with contextlib.suppress(Exception):  # fails harmlessly if the answer had already started
@@ -144,6 +160,9 @@ class Hooks:
         if method != flow.webhook_method:
             return await _send(send, 405, {"error": f"this webhook accepts {flow.webhook_method}, not {method}"},
                                [(b"allow", flow.webhook_method.encode())])
+        limits = rt.quotas.limits(flow.tenant_id)
+        if limits.webhook_requests_per_minute:
+            self._check_rate(tenant, flow.tenant_id, limits.webhook_requests_per_minute)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         content_type = headers.get("content-type", "").lower()
         for name in SECRET_HEADERS.intersection(headers):
@@ -157,6 +176,30 @@ class Hooks:
             execution_id = await rt.aqueue_execution(flow, "webhook", items, meta)
             return await _send(send, 202, {"execution_id": execution_id, "status": "queued"},
                                [(b"x-flowfuse-execution", execution_id.encode())])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rt.settings.server.sync_timeout_s
+        if not limits.concurrent_executions:
+            return await self._run_sync(send, flow, items, meta, deadline)
+        if not await self.slots.acquire(flow.tenant_id, limits.concurrent_executions, deadline):
+            execution_id = await rt.aqueue_execution(flow, "webhook", items, meta)  # no slot in time: the worker's
+            return await _send(send, 202, {"execution_id": execution_id, "status": "queued"},
+                               [(b"x-flowfuse-execution", execution_id.encode())])
+        try:
+            await self._run_sync(send, flow, items, meta, deadline)
+        finally:
+            self.slots.release(flow.tenant_id, rt.quotas.concurrency(flow.tenant_id))
+
+    def _check_rate(self, slug: str, tenant_id: str, per_minute: int) -> None:
+        wait = self.rate.check(tenant_id, per_minute, time.monotonic())
+        if wait:
+            raise QuotaExceeded("webhook_requests_per_minute",
+                                f"tenant {slug!r} may receive {per_minute} webhook requests a minute (quota "
+                                f"webhook_requests_per_minute); try again in {math.ceil(wait)} s, or ask an "
+                                "instance admin to raise the quota", retry_after=wait)
+
+    async def _run_sync(self, send, flow, items: list[dict], meta: dict, deadline: float) -> None:
+        """Run the flow here and answer with its result; at `deadline` answer 202 and let it finish."""
+        rt = self.runtime
         execution_id = new_id()
         answered = False
 
@@ -168,7 +211,7 @@ class Hooks:
             self.background.add(task)
             task.add_done_callback(self.background.discard)
 
-        timer = asyncio.get_running_loop().call_later(rt.settings.server.sync_timeout_s, answer_early)
+        timer = asyncio.get_running_loop().call_at(deadline, answer_early)
         try:
             _, outcome = await rt.run_inline(flow, "webhook", items, meta, execution_id=execution_id)
         finally:
