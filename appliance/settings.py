@@ -103,6 +103,27 @@ class Quotas:
 
 
 @dataclass
+class Smtp:
+    """Mail for invitations and password resets. Without a host nothing is mailed: an admin copies
+    the link from the API or console instead."""
+
+    host: str = ""
+    "SMTP server; empty: mail is off."
+    port: int = 587
+    "SMTP port (587 with STARTTLS, 465 with TLS, 25 plain)."
+    security: str = "starttls"
+    "starttls, tls or none."
+    username: str = ""
+    "Sign-in name at the SMTP server; empty: no sign-in."
+    password: str = ""
+    "Its password; better given as FLOWFUSE_SMTP_PASSWORD than written here."
+    sender: str = "FlowFuse <flowfuse@localhost>"
+    "The From address of mail FlowFuse sends."
+    timeout_s: float = 10.0
+    "How long to wait for the SMTP server."
+
+
+@dataclass
 class Logging:
     level: str = "INFO"
     "Log level: DEBUG, INFO, WARNING or ERROR."
@@ -116,6 +137,7 @@ class Settings:
     worker: Worker = field(default_factory=Worker)
     schedule: Schedule = field(default_factory=Schedule)
     quotas: Quotas = field(default_factory=Quotas)
+    smtp: Smtp = field(default_factory=Smtp)
     logging: Logging = field(default_factory=Logging)
     #: Where the file settings came from (None: defaults only).
     source: str | None = None
@@ -222,6 +244,8 @@ def _check(settings: Settings, origins: dict[str, str]) -> None:
         raise SettingsError(f"{where('server.port')}: server.port must be between 1 and 65535")
     if settings.engine.checkpoint not in ("effects", "every_step"):
         raise SettingsError(f"{where('engine.checkpoint')}: engine.checkpoint must be effects or every_step")
+    if settings.smtp.security not in ("starttls", "tls", "none"):
+        raise SettingsError(f"{where('smtp.security')}: smtp.security must be starttls, tls or none")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
     for section in SECTIONS:  # every number is a size, a count or a duration: above 0 (0 allowed where it means

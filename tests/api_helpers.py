@@ -32,11 +32,11 @@ class Client:
         return getattr(self.http, name)
 
 
-def start_with_admin(data: Path, command: str) -> Server:
+def start_with_admin(data: Path, command: str, env: dict[str, str] | None = None) -> Server:
     """A real server (`serve` or `web`) over a new data directory whose instance admin is ADMIN."""
     made = flowfuse("init", "--data-dir", str(data), "--admin-email", ADMIN, env={"FLOWFUSE_ADMIN_PASSWORD": PASSWORD})
     assert made.returncode == 0, made.stderr
-    return Server(data, free_port()).start(command)
+    return Server(data, free_port(), env=env or {}).start(command)
 
 
 def signed_in_admin(srv: Server) -> Client:

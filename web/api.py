@@ -30,6 +30,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 
+from appliance import mail
 from appliance.catalog import Conflict, FlowInvalid, NotFound
 from appliance.identity import (
     KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized, sha256, tenant_settings,
@@ -85,6 +86,10 @@ class InviteIn(Body):
 class AcceptIn(Body):
     password: str | None = None
     name: str = ""
+
+
+class ForgotIn(Body):
+    email: str
 
 
 class PasswordIn(Body):
@@ -326,7 +331,9 @@ def invite(request: Request, principal: Principal, access: Access, tenant: str, 
     audit(request, principal, "invitation.create", tenant_id=access.tenant_id, target_type="invitation",
           target_id=meta["id"], details={"email": meta["email"], "role": meta["role"]})
     link = f"{rt.settings.base_url}/invitations/{token}"
-    return Response({**meta, "token": token, "link": link}, status_code=201, headers={"cache-control": "no-store"})
+    mailed = _mail(rt, mail.invitation, meta["email"], access.tenant["name"], meta["role"], link, principal.label)
+    return Response({**meta, "token": token, "link": link, **mailed}, status_code=201,
+                    headers={"cache-control": "no-store"})
 
 
 @delete("/tenants/{tenant:str}/invitations/{invitation_id:str}", sync_to_thread=True, status_code=204,
@@ -359,9 +366,30 @@ def accept_invitation(request: Request, token: str, data: AcceptIn) -> dict:
 def start_password_reset(request: Request, principal: Principal, user_id: str) -> Response[dict]:
     rt = runtime_of(request)
     token = rt.identity.start_password_reset(user_id)
+    link = f"{rt.settings.base_url}/password-reset/{token}"
     audit(request, principal, "user.password_reset_link", target_type="user", target_id=user_id)
-    return Response({"token": token, "link": f"{rt.settings.base_url}/password-reset/{token}"},
-                    status_code=201, headers={"cache-control": "no-store"})
+    mailed = _mail(rt, mail.password_reset, rt.identity.user(user_id)["email"], link)
+    return Response({"token": token, "link": link, **mailed}, status_code=201, headers={"cache-control": "no-store"})
+
+
+@post("/password-reset", sync_to_thread=True, status_code=202, opt={"public": True},
+      summary="Forgot password: mail a reset link (needs [smtp]; the answer is the same for unknown emails)")
+def forgot_password(request: Request, data: ForgotIn) -> dict:
+    rt = runtime_of(request)
+    if not mail.enabled(rt.settings.smtp):
+        raise Conflict("this instance sends no mail; ask an instance admin for a password reset link")
+    ip = request.client.host if request.client else "?"
+    keys = (f"reset:{data.email.strip().lower()}", f"ip:{ip}")
+    wait = rt.identity.throttle.wait_s(*keys)
+    if wait > 0:
+        raise TooManyAttempts(wait)
+    rt.identity.throttle.failed(*keys)  # every request counts: no mailbox gets flooded
+    user = rt.identity.user_by_email(data.email)
+    if user is not None and user["status"] == "active":
+        token = rt.identity.start_password_reset(user["id"])
+        _mail(rt, mail.password_reset, user["email"], f"{rt.settings.base_url}/password-reset/{token}")
+        audit(request, None, "user.password_reset_mail", target_type="user", target_id=user["id"])
+    return {"status": "if the address belongs to an account, a reset link is on its way"}
 
 
 @post("/password-reset/{token:str}", sync_to_thread=True, status_code=200,
@@ -816,6 +844,17 @@ class TooManyAttempts(Exception):
         self.wait_s = wait_s
 
 
+def _mail(rt: Runtime, compose, to: str, *args: Any) -> dict[str, Any]:
+    """Mail a link if [smtp] is set up: {"mailed": bool} and, when sending failed, why."""
+    if not mail.enabled(rt.settings.smtp):
+        return {"mailed": False}
+    try:
+        compose(rt.settings.smtp, to, *args)
+    except mail.MailError as exc:
+        return {"mailed": False, "mail_error": str(exc)}
+    return {"mailed": True}
+
+
 def _person(principal: Principal) -> None:
     if principal.kind != "user":
         raise Forbidden("only a signed-in person has this; API keys do not")
@@ -923,7 +962,7 @@ def _access(request: Request) -> Access:
 
 HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enrol_mfa, confirm_mfa, disable_mfa,
             get_settings, update_settings, list_invitations, invite, withdraw_invitation, accept_invitation,
-            start_password_reset, reset_password, list_tenants, create_tenant, get_tenant, update_tenant,
+            start_password_reset, forgot_password, reset_password, list_tenants, create_tenant, get_tenant, update_tenant,
             delete_tenant, create_user, list_members, set_member, remove_member, list_keys, create_key, revoke_key,
             list_flows, save_flow, validate_flow, get_flow, update_flow, delete_flow, list_versions, get_version,
             diff_versions, restore_version, activate_flow, deactivate_flow, run_flow, list_executions,
