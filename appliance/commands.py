@@ -200,6 +200,7 @@ def create_admin(settings: Settings, email: str, password: str) -> dict[str, Any
         tid = rt.tenant_id("default")
         rt.control.execute("INSERT OR IGNORE INTO memberships (tenant_id, user_id, role, created_at) "
                            "VALUES (?,?,'owner',?)", (tid, user["id"], user["created_at"]))
+        _audit_cli(rt, "user.create", tid, "user", user["id"], {"email": user["email"], "is_admin": True})
         return {"id": user["id"], "email": user["email"]}
 
 

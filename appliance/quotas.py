@@ -246,6 +246,3 @@ class TenantGate:
                     found.append(execution_id)
                 del waiting[:free]
         return found
-
-    def running(self, tenant_id: str) -> int:
-        return self._running.get(tenant_id, 0)

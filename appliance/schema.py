@@ -352,3 +352,25 @@ def _runs_0003(db) -> None:
         PRIMARY KEY (tenant_id, day)
     ) WITHOUT ROWID;
     """)
+
+
+@runs(name="0004_list_and_housekeeping_indexes")
+def _runs_0004(db) -> None:
+    """Indexes that keep the execution list and housekeeping fast at a million executions.
+
+    - The list filtered by flow and status read the (tenant_id, status, id) index and looked up
+      every row to test its flow: a deep page of a quiet flow scanned ~100,000 rows (37 ms p99 in
+      SQLite alone, bench 5). `executions_flow_status` seeks straight to the page.
+    - SQLite uses a partial index only when the query's WHERE contains the index's own WHERE, and
+      `status = 'running'` does not contain `status IN ('queued', 'running', 'waiting')`; so
+      cancel_requested, orphans, due_waiting and queued scanned the whole table (0.2-1.2 s each at
+      1,000,000 rows, run every 0.2 s by the worker and every 2 s on the web process's event loop).
+      One partial index per status replaces `executions_unfinished`, which no query could use.
+    """
+    db.executescript("""
+    CREATE INDEX executions_flow_status ON executions (tenant_id, flow_id, status, id);
+    DROP INDEX executions_unfinished;
+    CREATE INDEX executions_queued ON executions (id) WHERE status = 'queued';
+    CREATE INDEX executions_running ON executions (owner) WHERE status = 'running';
+    CREATE INDEX executions_waiting ON executions (resume_at) WHERE status = 'waiting';
+    """)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -258,13 +259,21 @@ def bench_async(base: Path, seconds: int) -> None:
 
 
 LIST_STATUSES = {"succeeded": 90, "failed": 8, "cancelled": 1.5, "waiting": 0.5}  # % of the rows
+LIST_LUA = """wrk.headers["Authorization"] = "Bearer {key}"
+local paths = {{{paths}}}
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
 
 
 def list_flow(i: int) -> dict:
     trigger = ({"id": "hook", "type": "webhook", "params": {"path": f"list-{i}"}} if i % 2
                else {"id": "hook", "type": "manual"})
-    return {"name": f"list-{i:03d}", "nodes": [trigger, {"id": "set", "type": "set", "params": {"fields": {"ok": True}}}],
-            "edges": [{"from": "hook", "to": "set"}]}
+    set_ok = {"id": "set", "type": "set", "params": {"fields": {"ok": True}}}
+    return {"name": f"list-{i:03d}", "nodes": [trigger, set_ok], "edges": [{"from": "hook", "to": "set"}]}
 
 
 def fill_executions(data: Path, tenant_id: str, flows: list, total: int, days: int = 30) -> None:
@@ -275,8 +284,6 @@ def fill_executions(data: Path, tenant_id: str, flows: list, total: int, days: i
     LIST_STATUSES (no queued or running rows, which the worker would pick up). Only the newest 1,000
     executions get step rows (two each): the list never reads steps.
     """
-    import random
-
     from appliance.runs import EXEC_SQL, STEP_SQL
 
     rng = random.Random(7)
@@ -327,7 +334,7 @@ def bench_list(base: Path, seconds: int, total: int) -> None:
     filled = time.monotonic() - start
     with sqlite3.connect(data / "runs.db") as conn:
         deep = [r[0] for r in conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT ? OFFSET ?",
-                                           (total // 10, total * 85 // 100))][::total // 1000]
+                                           (total // 10, total * 85 // 100))][::max(1, total // 1000)]
     size = (data / "runs.db").stat().st_size / 2**20
     print(f"5. Execution list, {total:,} executions of 100 flows in tenant 'default' (runs.db {size:,.0f} MB, "
           f"bulk-inserted in {filled:.0f} s), one connection (wrk -t1 -c1 -d{seconds}s), 50 per page")
@@ -342,7 +349,8 @@ def bench_list(base: Path, seconds: int, total: int) -> None:
         names = [f.name for f in flows]
         cases = [  # (what, paths visited in turn)
             ("first page", [page]),
-            ("deep page (before = 850,000th-950,000th newest, 100 cursors)", [f"{page}&before={b}" for b in deep]),
+            (f"deep page (before = the {total * 85 // 100:,}th-{total * 95 // 100:,}th newest, 100 cursors)",
+             [f"{page}&before={b}" for b in deep]),
             ("first page of one flow (each of the 100 in turn)", [f"{page}&flow={n}" for n in names]),
             ("first page of one status (each of 4 in turn)", [f"{page}&status={s}" for s in LIST_STATUSES]),
             ("deep page of one flow and status (100 flows x 4 statuses)",
@@ -354,8 +362,7 @@ def bench_list(base: Path, seconds: int, total: int) -> None:
                 r = http.get(path.removeprefix("/api/v1"), headers={"authorization": f"Bearer {key}"})
                 r.raise_for_status()
                 sizes.append(len(r.json()["items"]))
-            lua = (f'wrk.headers["Authorization"] = "Bearer {key}"\nlocal paths = {{"' + '", "'.join(paths) + '"}\n'
-                   'local i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format("GET", paths[i])\nend\n')
+            lua = LIST_LUA.format(key=key, paths=", ".join(f'"{path}"' for path in paths))
             result = wrk(serve.url, seconds, connections=1, lua=lua)
             print(f"  {what}: {result['requests']:,} requests, {result['non2xx']} non-2xx, "
                   f"{min(sizes)}-{max(sizes)} items a page")

@@ -15,26 +15,21 @@ import pytest
 
 from appliance.quotas import resolve
 from appliance.settings import SettingsError, load
-from tests.conftest import Server, flowfuse, free_port, poll
-from tests.test_api import PASSWORD, Client, new_key, new_tenant, problem
+from tests.api_helpers import Client, new_key, new_tenant, problem, signed_in_admin, start_with_admin
+from tests.conftest import Server, poll
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    data = tmp_path_factory.mktemp("quotas") / "data"
-    made = flowfuse("init", "--data-dir", str(data), "--admin-email", "root@example.com",
-                    env={"FLOWFUSE_ADMIN_PASSWORD": PASSWORD})
-    assert made.returncode == 0, made.stderr
-    server = Server(data, free_port(), env={"FLOWFUSE_WORKER_RETENTION_INTERVAL_S": "0.3"}).start("serve")
+    server = start_with_admin(tmp_path_factory.mktemp("quotas") / "data", "serve",
+                              env={"FLOWFUSE_WORKER_RETENTION_INTERVAL_S": "0.3"})
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def admin(srv):
-    client = Client(srv.url)
-    assert client.sign_in("root@example.com").status_code == 201
-    return client
+    return signed_in_admin(srv)
 
 
 def tenant_with(admin: Client, srv: Server, **quotas) -> tuple[str, Client]:

@@ -63,6 +63,8 @@ class SyncSlots:
             line = self._waiting.get(key)
             if line is not None and waiter in line:
                 line.remove(waiter)
+                if not line:
+                    del self._waiting[key]
         return granted
 
     def release(self, key: str, limit: int) -> None:
