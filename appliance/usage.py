@@ -6,9 +6,10 @@
 - bytes: the size of the step outputs written (the JSON stored per step).
 
 `RunStore` reports what it writes to `UsageMeter.add`, which sums it in memory; one upsert job per
-group commit writes the sums to the `usage` table of runs.db. That job joins the transaction that
-carries the rows it counts, so there is no transaction of its own, and a crash neither loses nor
-doubles a count of rows that were committed.
+group commit writes the sums to the `usage` table of runs.db. The job is queued right behind the
+writes it counts, so it rides in their transaction: no transaction of its own, and a crash loses
+at most the counts of a batch that overflowed `storage.group_commit_max` or of writes made from
+another thread a moment before (the cron scheduler's), never doubles one.
 """
 
 from __future__ import annotations
