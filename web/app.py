@@ -102,7 +102,7 @@ async def _heartbeat(runtime: Runtime) -> None:
     while True:
         try:
             await asyncio.to_thread(runtime.runs.heartbeat, runtime.process_id, "web")
-            for execution_id in runtime.runs.cancel_requested(runtime.process_id):
+            for execution_id in await asyncio.to_thread(runtime.runs.cancel_requested, runtime.process_id):
                 runtime.cancel_local(execution_id)
         except Exception:
             log.exception("heartbeat failed")
