@@ -300,7 +300,9 @@ class RunStore:
 
     # -- reading for people -----------------------------------------------------------------------------
     def list(self, tenant_id: str, flow_id: str | None = None, status: str | None = None, limit: int = 50,
-             before: str | None = None) -> list[dict[str, Any]]:
+             before: str | None = None, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Newest first. `since`/`until` (epoch seconds, creation time) become bounds on the id,
+        whose first 12 hex digits are its creation milliseconds, so every filter stays on an index."""
         sql = ("SELECT id, flow_name, status, trigger, created_at, finished_at, error, parent_id FROM executions "
                "WHERE tenant_id=?")
         params: list[Any] = [tenant_id]
@@ -310,9 +312,13 @@ class RunStore:
         if status:
             sql += " AND status=?"
             params.append(status)
-        if before:
+        upper = [b for b in (before, f"{int(until * 1000):012x}" if until is not None else None) if b]
+        if upper:
             sql += " AND id < ?"
-            params.append(before)
+            params.append(min(upper))
+        if since is not None:
+            sql += " AND id >= ?"
+            params.append(f"{max(0, int(since * 1000)):012x}")
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
         return [_summary(r) for r in self.db.query(sql, params)]

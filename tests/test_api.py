@@ -241,6 +241,14 @@ def test_flows_versions_runs_and_executions(api, admin):
                                                              "before": page1["next"]}).json()
     assert [e["id"] for e in page1["items"] + page2["items"]] == sorted(ids, reverse=True)
     assert page2["next"] is None
+    first = operator.get(f"/tenants/{t}/executions/{ids[0]}").json()["created_at"]
+    last = operator.get(f"/tenants/{t}/executions/{ids[-1]}").json()["created_at"]
+    window = operator.get(f"/tenants/{t}/executions", params={"flow": "manual", "since": first - 1,
+                                                              "until": last + 1}).json()
+    assert [e["id"] for e in window["items"]] == sorted(ids, reverse=True)
+    assert operator.get(f"/tenants/{t}/executions", params={"until": first - 1}).json()["items"] == []
+    assert operator.get(f"/tenants/{t}/executions", params={"since": last + 1}).json()["items"] == []
+    problem(operator.get(f"/tenants/{t}/executions", params={"since": "inf"}), 400)
     problem(operator.post(f"/tenants/{t}/executions/{ids[-1]}/cancel"), 409)
     assert editor.post(f"/tenants/{t}/flows/orders/deactivate").json()["active"] is False
     assert httpx.post(f"{api.url}/hooks/{t}/orders", json={"n": 5}).status_code == 404
@@ -389,3 +397,13 @@ def test_credentials_can_be_changed_in_part_and_tested(api, admin, peer):
     problem(editor.patch(f"/tenants/{t}/credentials/{cid}", json={"data": {"colour": "red"}}), 422)
     viewer = Client(api.url, new_key(admin, t, "viewer"))
     problem(viewer.post(f"/tenants/{t}/credentials/{cid}/test", json={"url": f"{peer.url}/check"}), 403)
+
+
+def test_roles_endpoint_prints_the_permission_table(api):
+    viewer_table = httpx.get(f"{api.url}/api/v1/roles")
+    assert viewer_table.status_code == 401
+    admin = signed_in_admin(api)
+    table = admin.get("/roles").json()
+    assert table["roles"] == list(ROLES)
+    assert table["permissions"]["flows.write"] == ["editor", "admin", "owner"]
+    assert set(table["permissions"]) == set(PERMISSIONS)

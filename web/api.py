@@ -18,6 +18,7 @@ import difflib
 import json
 import logging
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -33,7 +34,8 @@ from litestar.params import Parameter, QueryParameter
 from appliance import mail
 from appliance.catalog import Conflict, FlowInvalid, NotFound
 from appliance.identity import (
-    KEY_PREFIX, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized, sha256, tenant_settings,
+    KEY_PREFIX, PERMISSIONS, ROLES, SESSION_COOKIE, Access, Forbidden, Identity, Invalid, Principal, Unauthorized,
+    roles_with, sha256, tenant_settings,
 )
 from appliance.runtime import Runtime
 from appliance.usage import period, report, to_csv
@@ -41,6 +43,8 @@ from engine import FINAL
 
 log = logging.getLogger("flowfuse.api")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Largest epoch-seconds value a time filter accepts (year 5138): keeps the arithmetic finite.
+EPOCH_MAX = 10**11
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -262,6 +266,11 @@ def sign_out_everywhere(request: Request, principal: Principal) -> Response[None
     audit(request, principal, "auth.sign_out_all", target_type="user", target_id=principal.id,
           details={"sessions": ended})
     return Response(None, status_code=204, cookies=[_session_cookie(request, "", 0)])
+
+
+@get("/roles", sync_to_thread=False, summary="The roles and the permission table (which roles have each permission)")
+def list_roles(principal: Principal) -> dict:
+    return {"roles": list(ROLES), "permissions": {p: roles_with(p) for p in PERMISSIONS}}
 
 
 @get("/me", sync_to_thread=True, summary="Who the caller is, and their tenants")
@@ -618,10 +627,15 @@ def run_flow(request: Request, principal: Principal, access: Access, tenant: str
      opt={"permission": "executions.read"})
 def list_executions(request: Request, principal: Principal, access: Access, tenant: str, flow: str | None = None,
                     status: str | None = None, before: str | None = None,
+                    since: float | None = Parameter(default=None, ge=0, le=EPOCH_MAX,
+                                                    description="created at or after (epoch seconds)"),
+                    until: float | None = Parameter(default=None, ge=0, le=EPOCH_MAX,
+                                                    description="created before (epoch seconds)"),
                     limit: int = Parameter(default=50, ge=1, le=500)) -> dict:
     rt = runtime_of(request)
     flow_id = rt.catalog.flow(access.tenant_id, flow).id if flow else None
-    rows = rt.runs.list(access.tenant_id, flow_id=flow_id, status=status, limit=limit, before=before)
+    rows = rt.runs.list(access.tenant_id, flow_id=flow_id, status=status, limit=limit, before=before, since=since,
+                        until=until)
     return {"items": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
 
 
@@ -925,15 +939,24 @@ def _on_error(request: Request, exc: Exception) -> Response:
         errors = [{"field": f"nodes.{e.node}" if e.node else "flow", "message": e.message} for e in exc.errors]
         return problem(422, "Invalid flow", f"the flow has {len(errors)} problem(s)", errors)
     if isinstance(exc, ValidationException):
-        errors = [{"field": str(e.get("key") or e.get("source") or "body"), "message": str(e.get("message"))}
-                  for e in (exc.extra or []) if isinstance(e, dict)]
-        return problem(400, "Bad Request", exc.detail or "the request is malformed", errors)
+        errors = [_field_error(e) for e in (exc.extra or []) if isinstance(e, dict)]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail or "malformed request"
+        return problem(400, "Bad Request", detail, errors)
     if isinstance(exc, ValueError):  # the vault's and the stores' validation messages
         return problem(422, "Invalid", str(exc))
     if isinstance(exc, HTTPException):
         return problem(exc.status_code, exc.detail or "Error", exc.detail or "", headers=exc.headers)
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "Internal Server Error", "something went wrong on our side; the error is in the server log")
+
+
+def _field_error(error: dict[str, Any]) -> dict[str, str]:
+    """Litestar's validation error as {field, message}; a body-level message ("Object contains
+    unknown field `colour`") names its field in backquotes, and that field is the one to point at."""
+    message = str(error.get("message"))
+    named = re.search(r"field `([^`]+)`", message)
+    field = named.group(1) if named else str(error.get("key") or error.get("source") or "body")
+    return {"field": field, "message": message}
 
 
 async def authenticate(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -960,7 +983,7 @@ def _access(request: Request) -> Access:
     return request.state.access
 
 
-HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, enrol_mfa, confirm_mfa, disable_mfa,
+HANDLERS = [sign_in, sign_in_mfa, set_up, sign_out, sign_out_everywhere, me, list_roles, enrol_mfa, confirm_mfa, disable_mfa,
             get_settings, update_settings, list_invitations, invite, withdraw_invitation, accept_invitation,
             start_password_reset, forgot_password, reset_password, list_tenants, create_tenant, get_tenant, update_tenant,
             delete_tenant, create_user, list_members, set_member, remove_member, list_keys, create_key, revoke_key,
