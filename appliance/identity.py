@@ -609,7 +609,9 @@ TENANT_SETTINGS: dict[str, type] = {"require_mfa": bool}
 
 
 def tenant_settings(tenant: dict[str, Any]) -> dict[str, Any]:
-    return {"require_mfa": False, **json.loads(tenant.get("settings") or "{}")}
+    """The tenant's settings (TENANT_SETTINGS only: quotas live beside them, see quotas.py)."""
+    stored = json.loads(tenant.get("settings") or "{}")
+    return {"require_mfa": False, **{k: v for k, v in stored.items() if k in TENANT_SETTINGS}}
 
 
 def _hash(password: str) -> str:
