@@ -197,9 +197,11 @@ class RunStore:
                   self.db.query("SELECT key, items FROM resume_payloads WHERE execution_id=?", (execution_id,))}
         return Loaded(row, steps, resume)
 
-    def add_resume_payload(self, execution_id: str, tenant_id: str, key: str, items: list[dict]) -> None:
-        self.db.execute("INSERT OR REPLACE INTO resume_payloads VALUES (?,?,?,?,?)",
-                        (execution_id, tenant_id, key, _encode(items), time.time()))
+    def add_resume_payload(self, execution_id: str, tenant_id: str, key: str, items: list[dict]) -> bool:
+        """Store what a resume URL received for a waiting step; False if that step was resumed
+        already (the first call wins, so two concurrent POSTs cannot both resume it)."""
+        return self.db.execute("INSERT INTO resume_payloads VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                               (execution_id, tenant_id, key, _encode(items), time.time())) == 1
 
     def request_cancel(self, execution_id: str) -> str | None:
         """Cancel at once if not running; returns the status before. Running ones are cancelled by their owner."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import concurrent.futures
 import json
 import threading
 import time
@@ -164,6 +165,29 @@ def test_wait_for_the_resume_url(server, peer):
     again = httpx.post(resume_url, json={"by": "bob"})
     assert again.status_code == 409
     assert server.execution(execution_id)["output"] == shown["output"]
+
+
+def test_a_resume_url_resumes_once_and_asks_early_callers_to_retry(server, peer):
+    peer.behave["/slow-ask"] = lambda count, req: (200, {"ok": True}, 1.5)  # still running while it is called
+    server.import_flow({"name": "race", "nodes": [
+        hook("race"),
+        {"id": "ask", "type": "http_request", "params": {
+            "method": "POST", "url": peer.url + "/slow-ask", "body": {"resume_url": "{{ execution.resume_url }}"}}},
+        {"id": "decision", "type": "wait", "params": {"resume": "webhook"}},
+    ], "edges": chain(hook("race"), {"id": "ask"}, {"id": "decision"})})
+    execution_id = start(server, "race", {})
+    poll(lambda: peer.counts["/slow-ask"] == 1, what="the request for approval")
+    resume_url = json.loads(peer.of("/slow-ask")[0]["body"])["resume_url"]
+    early = httpx.post(resume_url, json={"by": "eager"})
+    assert early.status_code == 409 and early.headers["retry-after"] == "1" and "try again" in early.json()["error"]
+
+    wait_status(server, execution_id, "waiting")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda who: httpx.post(resume_url, json={"by": who}), ["a", "b", "c", "d"]))
+    assert sorted(r.status_code for r in answers) == [202, 409, 409, 409]
+    winner = next(r for r in answers if r.status_code == 202).request.content
+    shown = finished(server, execution_id)
+    assert step(shown, "decision")[-1]["items"] == [json.loads(winner)]
 
 
 # -- retries -------------------------------------------------------------------------------------------------

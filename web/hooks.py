@@ -28,7 +28,7 @@ import msgspec
 from appliance.catalog import QuotaExceeded
 from appliance.runs import new_id
 from appliance.runtime import Runtime
-from engine import CANCELLED, FAILED, SUCCEEDED, WAITING, Outcome
+from engine import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, WAITING, Outcome
 
 from .limits import RateLimiter, SyncSlots
 
@@ -236,12 +236,16 @@ class Hooks:
             return await _send(send, 404, {"error": "unknown resume URL"})
         step = rt.runs_db.one("SELECT key FROM steps WHERE execution_id=? AND status='waiting' AND resume_at IS NULL "
                               "ORDER BY seq DESC LIMIT 1", (execution_id,))
+        if row["status"] in (QUEUED, RUNNING):  # e.g. the URL was sent out before the flow reached its wait
+            return await _send(send, 409, {"error": f"execution {execution_id} is {row['status']} and not waiting "
+                                                    "for its resume URL yet; try again shortly"}, [(b"retry-after", b"1")])
         if row["status"] != WAITING or step is None:
             return await _send(send, 409, {"error": f"execution {execution_id} is {row['status']}, not waiting "
                                                     "for its resume URL"})
         content_type = next((v.decode("latin-1").lower() for k, v in scope["headers"] if k == b"content-type"), "")
         items = await _read_items(scope, receive, rt.settings.server.max_body_bytes, content_type, {})
-        await asyncio.to_thread(rt.runs.add_resume_payload, execution_id, row["tenant_id"], step["key"], items)
+        if not await asyncio.to_thread(rt.runs.add_resume_payload, execution_id, row["tenant_id"], step["key"], items):
+            return await _send(send, 409, {"error": f"execution {execution_id} was resumed already"})
         await rt.aenqueue(execution_id)
         await _send(send, 202, {"execution_id": execution_id, "status": "resumed"})
 
