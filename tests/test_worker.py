@@ -9,8 +9,8 @@ and started over HTTP on 127.0.0.1; what the tests check is what a user sees: HT
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import concurrent.futures
+import datetime as dt
 import json
 import threading
 import time
