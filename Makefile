@@ -24,7 +24,11 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/flowfuse serve --data-dir $(DATA)
 
-test: install-test
+# Debian's Chromium for the console's browser tests (Playwright drives it; nothing is downloaded by Playwright).
+browsers:
+	@command -v chromium >/dev/null || { echo "installing chromium (Debian package)"; apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }
+
+test: install-test browsers
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 bench: install-test

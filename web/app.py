@@ -1,4 +1,4 @@
-"""The web application: Litestar (health checks; the console and REST API grow here) and webhooks.
+"""The web application: Litestar (health checks, the REST API, the console pages) and webhooks.
 
 `/hooks/` is the hot path: the entry point hands it straight to the webhook handler, before
 Litestar's routing and middleware (about a tenth of a webhook's CPU time); everything else,
@@ -22,7 +22,7 @@ from litestar.types import Receive, Scope, Send
 from appliance.runtime import Runtime, tune_gc
 from appliance.settings import Settings
 
-from . import api
+from . import api, console
 from .hooks import Hooks
 
 log = logging.getLogger("flowfuse.web")
@@ -92,8 +92,8 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
     openapi = OpenAPIConfig(title="FlowFuse API", version="1", path="/api", render_plugins=[JsonRenderPlugin(), docs],
                             description="The FlowFuse REST API. Authenticate with `Authorization: Bearer ffk_...`.")
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)
-    litestar = Litestar(route_handlers=[healthz, readyz, api.router, static], lifespan=[lifespan],
-                        openapi_config=openapi, logging_config=None)
+    litestar = Litestar(route_handlers=[healthz, readyz, api.router, console.router, static], lifespan=[lifespan],
+                        openapi_config=openapi, template_config=console.template_config, logging_config=None)
     return App(litestar, hooks)
 
 

@@ -70,17 +70,32 @@ def sign_in(request: Request, data: SignIn) -> Response[dict]:
     """Failed attempts are throttled per account and per address with a growing delay (429 and
     Retry-After). A person with two-factor sign-in gets a pending session that only
     POST /session/mfa can complete."""
+    user, token, csrf = password_step(request, data.email, data.password)
+    return Response({"user": user, "csrf_token": csrf, "mfa_required": bool(user["mfa_enabled"])},
+                    cookies=[session_cookie(request, token, runtime_of(request).identity.session_ttl_s)])
+
+
+@post("/session/mfa", sync_to_thread=True, summary="Finish signing in with a TOTP or recovery code",
+      opt={"public": True})
+def sign_in_mfa(request: Request, data: CodeIn) -> dict:
+    code_step(request, data.code)
+    return {"signed_in": True}
+
+
+def password_step(request: Request, email: str, password: str) -> tuple[dict[str, Any], str, str]:
+    """First step of signing in (API and console alike): (user, session cookie value, CSRF token).
+    Throttled, audited; the session is pending when the person has two-factor sign-in."""
     identity = runtime_of(request).identity
     ip = request.client.host if request.client else "?"
-    keys = (f"email:{data.email.strip().lower()}", f"ip:{ip}")
+    keys = (f"email:{email.strip().lower()}", f"ip:{ip}")
     wait = identity.throttle.wait_s(*keys)
     if wait > 0:
-        audit(request, None, "auth.sign_in_throttled", outcome="refused", details={"email": data.email})
+        audit(request, None, "auth.sign_in_throttled", outcome="refused", details={"email": email})
         raise TooManyAttempts(wait)
-    user = identity.check_password(data.email, data.password)
+    user = identity.check_password(email, password)
     if user is None:
         identity.throttle.failed(*keys)
-        audit(request, None, "auth.sign_in_failed", outcome="refused", details={"email": data.email})
+        audit(request, None, "auth.sign_in_failed", outcome="refused", details={"email": email})
         raise Unauthorized("wrong email or password")
     identity.throttle.succeeded(keys[0])
     pending = bool(user["mfa_enabled"])
@@ -88,27 +103,26 @@ def sign_in(request: Request, data: SignIn) -> Response[dict]:
     principal = Principal("user", user["id"], user["email"], bool(user["is_admin"]))
     audit(request, principal, "auth.sign_in_password" if pending else "auth.sign_in", target_type="user",
           target_id=user["id"])
-    return Response({"user": user, "csrf_token": csrf, "mfa_required": pending},
-                    cookies=[_session_cookie(request, token, identity.session_ttl_s)])
+    return user, token, csrf
 
 
-@post("/session/mfa", sync_to_thread=True, summary="Finish signing in with a TOTP or recovery code",
-      opt={"public": True})
-def sign_in_mfa(request: Request, data: CodeIn) -> dict:
+def code_step(request: Request, code: str) -> Principal:
+    """Second step: a TOTP or recovery code completes the pending session in the cookie."""
     identity = runtime_of(request).identity
     token = request.cookies.get(SESSION_COOKIE) or ""
     ip = request.client.host if request.client else "?"
-    wait = identity.throttle.wait_s(f"mfa:{sha256(token)}", f"ip:{ip}")
+    keys = (f"mfa:{sha256(token)}", f"ip:{ip}")
+    wait = identity.throttle.wait_s(*keys)
     if wait > 0:
         raise TooManyAttempts(wait)
     try:
-        principal = identity.complete_mfa(token, data.code)
+        principal = identity.complete_mfa(token, code)
     except Unauthorized:
-        identity.throttle.failed(f"mfa:{sha256(token)}", f"ip:{ip}")
+        identity.throttle.failed(*keys)
         audit(request, None, "auth.mfa_failed", outcome="refused")
         raise
     audit(request, principal, "auth.sign_in", target_type="user", target_id=principal.id, details={"mfa": True})
-    return {"signed_in": True}
+    return principal
 
 
 @post("/setup", sync_to_thread=True, summary="Create the first instance admin (only while nobody exists)",
@@ -127,7 +141,7 @@ def sign_out(request: Request, principal: Principal) -> Response[None]:
     if cookie:
         runtime_of(request).identity.end_session(cookie)
     audit(request, principal, "auth.sign_out", target_type="user", target_id=principal.id)
-    return Response(None, status_code=204, cookies=[_session_cookie(request, "", 0)])
+    return Response(None, status_code=204, cookies=[session_cookie(request, "", 0)])
 
 
 @delete("/sessions", sync_to_thread=True, status_code=204, summary="Sign out of every session")
@@ -136,7 +150,7 @@ def sign_out_everywhere(request: Request, principal: Principal) -> Response[None
     ended = runtime_of(request).identity.end_all_sessions(principal.id)
     audit(request, principal, "auth.sign_out_all", target_type="user", target_id=principal.id,
           details={"sessions": ended})
-    return Response(None, status_code=204, cookies=[_session_cookie(request, "", 0)])
+    return Response(None, status_code=204, cookies=[session_cookie(request, "", 0)])
 
 
 @get("/roles", sync_to_thread=False, summary="The roles and the permission table (which roles have each permission)")
@@ -282,7 +296,7 @@ def _mail(rt: Runtime, compose, to: str, *args: Any) -> dict[str, Any]:
     return {"mailed": True}
 
 
-def _session_cookie(request: Request, token: str, max_age: float) -> Cookie:
+def session_cookie(request: Request, token: str, max_age: float) -> Cookie:
     return Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax", path="/",
                   secure=request.url.scheme == "https", max_age=int(max_age))
 

@@ -1,0 +1,148 @@
+"""The console's sign-in pages in a real browser: Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pyotp
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.api_helpers import ADMIN, PASSWORD, Client, new_tenant, new_user, signed_in_admin, start_with_admin
+from tests.conftest import Server, flowfuse, free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: As the machine's notes say: no background connections (the network is closed), no sandbox as root.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+NEW_PASSWORD = "a brand new passphrase 3"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    srv = start_with_admin(tmp_path_factory.mktemp("console") / "data", "web")
+    yield srv
+    srv.stop()
+
+
+def sign_in(page: Page, url: str, email: str, password: str) -> None:
+    page.goto(f"{url}/sign-in")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_first_run_set_up_then_sign_in_and_out(page, tmp_path):
+    data = tmp_path / "data"
+    assert flowfuse("init", "--data-dir", str(data)).returncode == 0
+    srv = Server(data, free_port()).start("web")
+    try:
+        page.goto(srv.url + "/")
+        expect(page).to_have_url(f"{srv.url}/setup")
+        page.get_by_label("Email").fill("first@example.com")
+        page.get_by_label("Password", exact=True).fill("too short")
+        page.get_by_label("Password again").fill("too short")
+        page.evaluate("document.querySelectorAll('input').forEach(i => i.removeAttribute('minlength'))")
+        page.get_by_role("button", name="Create administrator").click()
+        expect(page.get_by_role("alert")).to_contain_text("at least 12 characters")
+
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_label("Password again").fill(PASSWORD)
+        page.get_by_role("button", name="Create administrator").click()
+        expect(page).to_have_url(f"{srv.url}/sign-in")
+
+        sign_in(page, srv.url, "first@example.com", "not the password!")
+        expect(page.get_by_role("alert")).to_contain_text("wrong email or password")
+        sign_in(page, srv.url, "first@example.com", PASSWORD)
+        expect(page).to_have_url(f"{srv.url}/")
+        row = page.get_by_role("row", name="Default")
+        expect(row).to_contain_text("owner")
+        expect(page.get_by_text("instance admin")).to_be_visible()
+
+        page.goto(srv.url + "/setup")  # set-up is over: it sends people to sign in
+        expect(page).to_have_url(f"{srv.url}/sign-in")
+        page.goto(srv.url + "/")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(f"{srv.url}/sign-in")
+        page.goto(srv.url + "/")
+        expect(page).to_have_url(f"{srv.url}/sign-in")
+    finally:
+        srv.stop()
+
+
+def test_sign_in_with_a_second_factor(page, api):
+    admin = signed_in_admin(api)
+    t = new_tenant(admin)
+    _, email = new_user(admin, t, "editor")
+    person = Client(api.url)
+    person.sign_in(email)
+    secret = person.post("/me/mfa").json()["secret"]
+    person.post("/me/mfa/confirm", json={"code": pyotp.TOTP(secret).now()})
+
+    sign_in(page, api.url, email, PASSWORD)
+    expect(page.get_by_role("heading", name="Two-factor sign-in")).to_be_visible()
+    page.get_by_label("Code").fill("000000" if pyotp.TOTP(secret).now() != "000000" else "111111")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("alert")).to_contain_text("wrong or already used code")
+    page.goto(api.url + "/")  # the pending session is not a signed-in one
+    expect(page).to_have_url(f"{api.url}/sign-in")
+
+    sign_in(page, api.url, email, PASSWORD)
+    page.get_by_label("Code").fill(pyotp.TOTP(secret).at(time.time() + 30))
+    page.get_by_role("button", name="Continue").click()
+    expect(page).to_have_url(f"{api.url}/")
+    expect(page.get_by_role("row", name=t)).to_contain_text("editor")
+
+
+def test_invitation_and_password_reset_links(page, api):
+    admin = signed_in_admin(api)
+    t = new_tenant(admin)
+    invited = admin.post(f"/tenants/{t}/invitations", json={"email": "guest@example.com", "role": "viewer"}).json()
+    page.goto(invited["link"])
+    page.get_by_label("Name").fill("Guest")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Accept invitation").click()
+    expect(page).to_have_url(f"{api.url}/sign-in")
+    sign_in(page, api.url, "guest@example.com", PASSWORD)
+    expect(page.get_by_role("row", name=t)).to_contain_text("viewer")
+
+    user_id = next(m["id"] for m in admin.get(f"/tenants/{t}/members").json() if m["email"] == "guest@example.com")
+    reset = admin.post(f"/users/{user_id}/password-reset").json()
+    page.goto(reset["link"])
+    page.get_by_label("Password", exact=True).fill(NEW_PASSWORD)
+    page.get_by_label("Password again").fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Save password").click()
+    expect(page).to_have_url(f"{api.url}/sign-in")
+    page.goto(api.url + "/")  # the reset ended the session
+    expect(page).to_have_url(f"{api.url}/sign-in")
+    sign_in(page, api.url, "guest@example.com", NEW_PASSWORD)
+    expect(page).to_have_url(f"{api.url}/")
+    page.goto(reset["link"])  # one use
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again").fill(PASSWORD)
+    page.get_by_role("button", name="Save password").click()
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+
+
+def test_forms_from_another_site_are_refused(api):
+    forged = httpx.post(f"{api.url}/sign-in", data={"email": ADMIN, "password": PASSWORD},
+                        headers={"origin": "http://evil.example"})
+    assert forged.status_code == 403 and "ff_session" not in forged.cookies
+    assert "must be sent from this site" in forged.text

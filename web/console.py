@@ -1,0 +1,199 @@
+"""The console: server-rendered pages (Litestar + Jinja2, HTMX vendored under web/static/vendor).
+
+This first slice holds the pages around signing in: sign-in with its two-factor step, first-run
+set-up, accepting an invitation, setting a password from a reset link, and a home page listing
+the person's tenants. They call the same functions as the API (`web.api.people`, `Identity`),
+so throttling, audit and every rule are the same whichever door a person uses.
+
+Forms post URL-encoded bodies. A form that acts for a signed-in person carries the session's
+CSRF token; the forms before signing in (no session yet) are refused unless the browser says
+they come from this site (the Origin header), which stops cross-site sign-in forgery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+from litestar import Request, Response, Router, get, post
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from litestar.template.config import TemplateConfig
+
+from appliance.catalog import Conflict, NotFound
+from appliance.identity import SESSION_COOKIE, Invalid, Principal, Unauthorized
+
+from .api.base import TooManyAttempts, audit, runtime_of
+from .api.people import code_step, password_step, session_cookie
+
+TEMPLATES = Path(__file__).parent / "templates"
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+_FORM_ERRORS = (Unauthorized, Invalid, Conflict, NotFound, TooManyAttempts)
+
+template_config = TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine)
+
+
+def _person(request: Request) -> Principal | None:
+    """The signed-in person, or None (also for a session still waiting for its second factor)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        return runtime_of(request).identity.session_principal(token)
+    except Unauthorized:
+        return None
+
+
+def _same_site(request: Request) -> bool:
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    return origin is not None and urlsplit(origin).netloc == request.headers.get("host")
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> Template:
+    return Template(template_name=name, context=context, status_code=status_code)
+
+
+def _next(request: Request) -> str:
+    """Where to go after signing in: a local path only (no open redirect)."""
+    target = request.query_params.get("next") or "/"
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@get("/", sync_to_thread=True)
+def home(request: Request) -> Template | Redirect:
+    person = _person(request)
+    if person is None:
+        target = "/setup" if not runtime_of(request).identity.any_user() else "/sign-in"
+        return Redirect(target)
+    identity = runtime_of(request).identity
+    tenants = [{**t, "role": identity.role_in(person, t["id"])} for t in identity.tenants_of(person)]
+    return _page("home.html", person=person, tenants=tenants, csrf=person.csrf)
+
+
+@get("/sign-in", sync_to_thread=True)
+def sign_in_page(request: Request) -> Template | Redirect:
+    if not runtime_of(request).identity.any_user():
+        return Redirect("/setup")
+    return _page("sign_in.html", next=_next(request))
+
+
+@post("/sign-in", sync_to_thread=True, status_code=200)
+def sign_in(request: Request, data: Form) -> Template | Redirect:
+    if not _same_site(request):
+        return _page("sign_in.html", 403, error="this form must be sent from this site", next=_next(request))
+    try:
+        user, token, _ = password_step(request, data.get("email", ""), data.get("password", ""))
+    except _FORM_ERRORS as exc:
+        return _page("sign_in.html", 401, error=str(exc), email=data.get("email", ""), next=_next(request))
+    target = f"/sign-in/code?next={quote(_next(request))}" if user["mfa_enabled"] else _next(request)
+    identity = runtime_of(request).identity
+    return Redirect(target, cookies=[session_cookie(request, token, identity.session_ttl_s)])
+
+
+@get("/sign-in/code", sync_to_thread=False)
+def code_page(request: Request) -> Template:
+    return _page("code.html", next=_next(request))
+
+
+@post("/sign-in/code", sync_to_thread=True, status_code=200)
+def code(request: Request, data: Form) -> Template | Redirect:
+    if not _same_site(request):
+        return _page("code.html", 403, error="this form must be sent from this site", next=_next(request))
+    try:
+        code_step(request, data.get("code", ""))
+    except _FORM_ERRORS as exc:
+        return _page("code.html", 401, error=str(exc), next=_next(request))
+    return Redirect(_next(request))
+
+
+@post("/sign-out", sync_to_thread=True, status_code=200)
+def sign_out(request: Request, data: Form) -> Redirect:
+    person = _person(request)
+    if person is not None and data.get("csrf") == person.csrf:
+        runtime_of(request).identity.end_session(request.cookies[SESSION_COOKIE])
+        audit(request, person, "auth.sign_out", target_type="user", target_id=person.id)
+    return Redirect("/sign-in", cookies=[session_cookie(request, "", 0)])
+
+
+@get("/setup", sync_to_thread=True)
+def setup_page(request: Request) -> Template | Redirect:
+    if runtime_of(request).identity.any_user():
+        return Redirect("/sign-in")
+    return _page("setup.html")
+
+
+@post("/setup", sync_to_thread=True, status_code=200)
+def setup(request: Request, data: Form) -> Template | Redirect:
+    if not _same_site(request):
+        return _page("setup.html", 403, error="this form must be sent from this site")
+    email = data.get("email", "")
+    if data.get("password", "") != data.get("confirm", ""):
+        return _page("setup.html", 422, error="the two passwords differ", email=email)
+    try:
+        user = runtime_of(request).identity.set_up(email, data.get("password", ""))
+    except _FORM_ERRORS as exc:
+        return _page("setup.html", 422, error=_message(exc), email=email)
+    audit(request, Principal("user", user["id"], user["email"], True), "instance.set_up", target_type="user",
+          target_id=user["id"], details={"email": user["email"]})
+    return Redirect("/sign-in")
+
+
+@get("/invitations/{token:str}", sync_to_thread=True)
+def invitation_page(request: Request, token: str) -> Template:
+    return _page("invitation.html", token=token, person=_person(request))
+
+
+@post("/invitations/{token:str}", sync_to_thread=True, status_code=200)
+def accept_invitation(request: Request, token: str, data: Form) -> Template | Redirect:
+    if not _same_site(request):
+        return _page("invitation.html", 403, token=token, error="this form must be sent from this site")
+    identity = runtime_of(request).identity
+    person = _person(request)
+    try:
+        user, invitation = identity.accept_invitation(token, data.get("password") or None, data.get("name", ""),
+                                                      person)
+    except _FORM_ERRORS as exc:
+        return _page("invitation.html", 422, token=token, person=person, error=_message(exc))
+    audit(request, Principal("user", user["id"], user["email"]), "invitation.accept",
+          tenant_id=invitation["tenant_id"], target_type="invitation", target_id=invitation["id"],
+          details={"role": invitation["role"]})
+    return Redirect("/" if person else "/sign-in")
+
+
+@get("/password-reset/{token:str}", sync_to_thread=False)
+def reset_page(token: str) -> Template:
+    return _page("reset.html", token=token)
+
+
+@post("/password-reset/{token:str}", sync_to_thread=True, status_code=200)
+def reset(request: Request, token: str, data: Form) -> Template | Redirect:
+    if not _same_site(request):
+        return _page("reset.html", 403, token=token, error="this form must be sent from this site")
+    if data.get("password", "") != data.get("confirm", ""):
+        return _page("reset.html", 422, token=token, error="the two passwords differ")
+    try:
+        user = runtime_of(request).identity.reset_password(token, data.get("password", ""))
+    except _FORM_ERRORS as exc:
+        return _page("reset.html", 422, token=token, error=_message(exc))
+    audit(request, Principal("user", user["id"], user["email"]), "user.password_reset", target_type="user",
+          target_id=user["id"])
+    return Redirect("/sign-in")
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, Invalid) else str(exc).strip("'\"")
+
+
+def _no_cache(response: Response) -> Response:
+    with contextlib.suppress(AttributeError):
+        response.headers["cache-control"] = "no-store"
+    return response
+
+
+router = Router(path="/", route_handlers=[home, sign_in_page, sign_in, code_page, code, sign_out, setup_page, setup,
+                                          invitation_page, accept_invitation, reset_page, reset],
+                include_in_schema=False, after_request=_no_cache)
