@@ -325,6 +325,16 @@ class RunStore:
         params.append(limit)
         return [_summary(r) for r in self.db.query(sql, params)]
 
+    def last_per_flow(self, tenant_id: str, flow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each flow's newest execution (id, status, time): one seek on (tenant_id, flow_id, id) per flow."""
+        conn, found = self.db.read(), {}
+        for flow_id in flow_ids:
+            row = conn.execute("SELECT id, status, created_at FROM executions WHERE tenant_id=? AND flow_id=? "
+                               "ORDER BY id DESC LIMIT 1", (tenant_id, flow_id)).fetchone()
+            if row is not None:
+                found[flow_id] = dict(row)
+        return found
+
     def show(self, execution_id: str, tenant_id: str | None = None) -> dict[str, Any] | None:
         loaded = self.load(execution_id)
         if loaded is None or (tenant_id and loaded.row["tenant_id"] != tenant_id):

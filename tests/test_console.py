@@ -146,3 +146,38 @@ def test_forms_from_another_site_are_refused(api):
                         headers={"origin": "http://evil.example"})
     assert forged.status_code == 403 and "ff_session" not in forged.cookies
     assert "must be sent from this site" in forged.text
+
+
+def test_workspace_pages_list_flows_and_executions_live_and_keep_out_strangers(page, api):
+    admin = signed_in_admin(api)
+    t, other = new_tenant(admin), new_tenant(admin)
+    _, email = new_user(admin, t, "viewer")
+    flow = {"name": "greeter", "nodes": [{"id": "start", "type": "manual"},
+                                         {"id": "hi", "type": "set", "params": {"fields": {"hi": True}}}],
+            "edges": [{"from": "start", "to": "hi"}]}
+    assert admin.post(f"/tenants/{t}/flows", json=flow).status_code == 201
+    admin.post(f"/tenants/{t}/flows", json={**flow, "name": "other"})
+
+    sign_in(page, api.url, email, PASSWORD)
+    page.get_by_role("link", name=t).click()
+    expect(page).to_have_url(f"{api.url}/t/{t}/flows")
+    expect(page.get_by_role("link", name="Flows")).to_have_attribute("aria-current", "page")
+    expect(page.get_by_role("row", name="greeter")).to_contain_text("never")
+    page.get_by_role("searchbox", name="Search flows").fill("greet")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("row", name="other")).to_have_count(0)
+
+    page.get_by_role("link", name="Executions").click()
+    expect(page.get_by_text("No executions yet.")).to_be_visible()
+    execution_id = admin.post(f"/tenants/{t}/flows/greeter/run", json={}).json()["execution_id"]
+    row = page.get_by_role("row", name=execution_id)
+    expect(row).to_be_visible(timeout=10_000)  # arrives without a reload (htmx refreshes the rows)
+    expect(row).to_contain_text("greeter")
+
+    page.goto(f"{api.url}/t/{other}/flows")  # not a member: as if it did not exist
+    expect(page.get_by_role("alert")).to_contain_text("no tenant")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert httpx.get(f"{api.url}/t/{other}/flows", cookies=cookies).status_code == 404
+    page.context.clear_cookies()
+    page.goto(f"{api.url}/t/{t}/executions")
+    expect(page).to_have_url(f"{api.url}/sign-in?next=/t/{t}/executions")

@@ -13,6 +13,7 @@ they come from this site (the Origin header), which stops cross-site sign-in for
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -25,7 +26,7 @@ from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from appliance.catalog import Conflict, NotFound
-from appliance.identity import SESSION_COOKIE, Invalid, Principal, Unauthorized
+from appliance.identity import SESSION_COOKIE, Access, Forbidden, Invalid, Principal, Unauthorized
 
 from .api.base import TooManyAttempts, audit, runtime_of
 from .api.people import code_step, password_step, session_cookie
@@ -34,7 +35,11 @@ TEMPLATES = Path(__file__).parent / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 _FORM_ERRORS = (Unauthorized, Invalid, Conflict, NotFound, TooManyAttempts)
 
-template_config = TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine)
+def _filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["when"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+template_config = TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_filters)
 
 
 def _person(request: Request) -> Principal | None:
@@ -72,6 +77,44 @@ def home(request: Request) -> Template | Redirect:
     identity = runtime_of(request).identity
     tenants = [{**t, "role": identity.role_in(person, t["id"])} for t in identity.tenants_of(person)]
     return _page("home.html", person=person, tenants=tenants, csrf=person.csrf)
+
+
+def _workspace(request: Request, tenant: str, permission: str) -> tuple[Principal, Access] | Redirect:
+    """The signed-in person's access to a workspace through the one guard (NotFound/Forbidden
+    propagate to the error pages), or a redirect to sign in."""
+    person = _person(request)
+    if person is None:
+        return Redirect(f"/sign-in?next={quote(request.url.path)}")
+    return person, runtime_of(request).identity.authorize(person, tenant, permission)
+
+
+@get("/t/{tenant:str}/flows", sync_to_thread=True)
+def flows_page(request: Request, tenant: str) -> Template | Redirect:
+    found = _workspace(request, tenant, "flows.read")
+    if isinstance(found, Redirect):
+        return found
+    person, access = found
+    rt = runtime_of(request)
+    rows = rt.catalog.flows(access.tenant_id)
+    last = rt.runs.last_per_flow(access.tenant_id, [f.id for f in rows])
+    flows = [{"name": f.name, "version": f.version, "active": f.active, "trigger": f.trigger_type,
+              "last": last.get(f.id)} for f in rows]
+    return _page("flows.html", person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, flows=flows,
+                 query=request.query_params.get("q", ""))
+
+
+@get("/t/{tenant:str}/executions", sync_to_thread=True)
+def executions_page(request: Request, tenant: str) -> Template | Redirect:
+    """The list, newest first; with HX-Request only its rows (htmx refreshes them every 2 s)."""
+    found = _workspace(request, tenant, "executions.read")
+    if isinstance(found, Redirect):
+        return found
+    person, access = found
+    status = request.query_params.get("status") or None
+    rows = runtime_of(request).runs.list(access.tenant_id, status=status, limit=50)
+    name = "execution_rows.html" if request.headers.get("hx-request") else "executions.html"
+    return _page(name, person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, rows=rows,
+                 status=status or "")
 
 
 @get("/sign-in", sync_to_thread=True)
@@ -194,6 +237,14 @@ def _no_cache(response: Response) -> Response:
     return response
 
 
-router = Router(path="/", route_handlers=[home, sign_in_page, sign_in, code_page, code, sign_out, setup_page, setup,
-                                          invitation_page, accept_invitation, reset_page, reset],
-                include_in_schema=False, after_request=_no_cache)
+def _error_page(request: Request, exc: Exception) -> Template:
+    """A refused or missing workspace as a page (404 never says whether the workspace exists)."""
+    status = 403 if isinstance(exc, Forbidden) else 404
+    return _page("error.html", status, error=str(exc).strip("'\""), person=_person(request))
+
+
+router = Router(path="/", route_handlers=[home, flows_page, executions_page, sign_in_page, sign_in, code_page, code,
+                                          sign_out, setup_page, setup, invitation_page, accept_invitation, reset_page,
+                                          reset],
+                include_in_schema=False, after_request=_no_cache,
+                exception_handlers={NotFound: _error_page, Forbidden: _error_page})
