@@ -146,6 +146,8 @@ def test_forms_from_another_site_are_refused(api):
                         headers={"origin": "http://evil.example"})
     assert forged.status_code == 403 and "ff_session" not in forged.cookies
     assert "must be sent from this site" in forged.text
+    signed_out = httpx.post(f"{api.url}/sign-out", data={"csrf": "x"}, headers={"origin": "http://evil.example"})
+    assert signed_out.status_code == 403
 
 
 def test_workspace_pages_list_flows_and_executions_live_and_keep_out_strangers(page, api):

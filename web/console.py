@@ -58,6 +58,13 @@ def _same_site(request: Request) -> bool:
     return origin is not None and urlsplit(origin).netloc == request.headers.get("host")
 
 
+def _refuse_cross_site(request: Request) -> Template | None:
+    """Every console form post must come from this site's own pages (see the module docstring)."""
+    if request.method == "POST" and not _same_site(request):
+        return _page("error.html", 403, error="this form must be sent from this site's own pages")
+    return None
+
+
 def _page(name: str, status_code: int = 200, **context: Any) -> Template:
     return Template(template_name=name, context=context, status_code=status_code)
 
@@ -126,8 +133,6 @@ def sign_in_page(request: Request) -> Template | Redirect:
 
 @post("/sign-in", sync_to_thread=True, status_code=200)
 def sign_in(request: Request, data: Form) -> Template | Redirect:
-    if not _same_site(request):
-        return _page("sign_in.html", 403, error="this form must be sent from this site", next=_next(request))
     try:
         user, token, _ = password_step(request, data.get("email", ""), data.get("password", ""))
     except _FORM_ERRORS as exc:
@@ -144,8 +149,6 @@ def code_page(request: Request) -> Template:
 
 @post("/sign-in/code", sync_to_thread=True, status_code=200)
 def code(request: Request, data: Form) -> Template | Redirect:
-    if not _same_site(request):
-        return _page("code.html", 403, error="this form must be sent from this site", next=_next(request))
     try:
         code_step(request, data.get("code", ""))
     except _FORM_ERRORS as exc:
@@ -171,8 +174,6 @@ def setup_page(request: Request) -> Template | Redirect:
 
 @post("/setup", sync_to_thread=True, status_code=200)
 def setup(request: Request, data: Form) -> Template | Redirect:
-    if not _same_site(request):
-        return _page("setup.html", 403, error="this form must be sent from this site")
     email = data.get("email", "")
     if data.get("password", "") != data.get("confirm", ""):
         return _page("setup.html", 422, error="the two passwords differ", email=email)
@@ -192,8 +193,6 @@ def invitation_page(request: Request, token: str) -> Template:
 
 @post("/invitations/{token:str}", sync_to_thread=True, status_code=200)
 def accept_invitation(request: Request, token: str, data: Form) -> Template | Redirect:
-    if not _same_site(request):
-        return _page("invitation.html", 403, token=token, error="this form must be sent from this site")
     identity = runtime_of(request).identity
     person = _person(request)
     try:
@@ -214,8 +213,6 @@ def reset_page(token: str) -> Template:
 
 @post("/password-reset/{token:str}", sync_to_thread=True, status_code=200)
 def reset(request: Request, token: str, data: Form) -> Template | Redirect:
-    if not _same_site(request):
-        return _page("reset.html", 403, token=token, error="this form must be sent from this site")
     if data.get("password", "") != data.get("confirm", ""):
         return _page("reset.html", 422, token=token, error="the two passwords differ")
     try:
@@ -246,5 +243,5 @@ def _error_page(request: Request, exc: Exception) -> Template:
 router = Router(path="/", route_handlers=[home, flows_page, executions_page, sign_in_page, sign_in, code_page, code,
                                           sign_out, setup_page, setup, invitation_page, accept_invitation, reset_page,
                                           reset],
-                include_in_schema=False, after_request=_no_cache,
+                include_in_schema=False, before_request=_refuse_cross_site, after_request=_no_cache,
                 exception_handlers={NotFound: _error_page, Forbidden: _error_page})
