@@ -5,9 +5,10 @@ set-up, accepting an invitation, setting a password from a reset link, and a hom
 the person's tenants. They call the same functions as the API (`web.api.people`, `Identity`),
 so throttling, audit and every rule are the same whichever door a person uses.
 
-Forms post URL-encoded bodies. A form that acts for a signed-in person carries the session's
-CSRF token; the forms before signing in (no session yet) are refused unless the browser says
-they come from this site (the Origin header), which stops cross-site sign-in forgery.
+Forms post URL-encoded bodies. Every form post is refused unless the browser says it comes from
+this site (the Origin header, checked once for all pages), which stops cross-site forgery even
+before a session exists (sign-in forgery); a form that acts for a signed-in person also carries
+the session's CSRF token.
 """
 
 from __future__ import annotations
