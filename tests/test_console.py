@@ -183,3 +183,44 @@ def test_workspace_pages_list_flows_and_executions_live_and_keep_out_strangers(p
     page.context.clear_cookies()
     page.goto(f"{api.url}/t/{t}/executions")
     expect(page).to_have_url(f"{api.url}/sign-in?next=/t/{t}/executions")
+
+
+def test_execution_detail_shows_steps_and_offers_retry_and_cancel_only_to_operators(page, api, browser):
+    admin = signed_in_admin(api)
+    t = new_tenant(admin)
+    _, viewer = new_user(admin, t, "viewer")
+    _, operator = new_user(admin, t, "operator")
+    failing = {"name": "checker", "nodes": [
+        {"id": "hook", "type": "webhook", "params": {"path": "check", "respond": "when_done"}},
+        {"id": "tag", "type": "set", "params": {"fields": {"checked": True}}},
+        {"id": "stop", "type": "stop_and_error", "params": {"message": "order {{ json.order }} is not valid"}}],
+        "edges": [{"from": "hook", "to": "tag"}, {"from": "tag", "to": "stop"}]}
+    admin.post(f"/tenants/{t}/flows", json=failing)
+    admin.post(f"/tenants/{t}/flows/checker/activate")
+    httpx.post(f"{api.url}/hooks/{t}/check", json={"order": 7})  # runs inline in the web process, and fails
+    execution_id = admin.get(f"/tenants/{t}/executions").json()["items"][0]["id"]
+
+    sign_in(page, api.url, viewer, PASSWORD)
+    page.goto(f"{api.url}/t/{t}/executions")
+    page.get_by_role("link", name=execution_id).click()
+    expect(page.get_by_role("alert")).to_contain_text("stop: order 7 is not valid")
+    tag_row = page.get_by_role("row", name="tag")
+    expect(tag_row).to_contain_text("succeeded")
+    tag_row.get_by_text("1 out of 1 in").click()
+    expect(tag_row.locator("pre")).to_contain_text('"checked": true')
+    expect(page.get_by_role("button", name="Retry from the failed step")).to_have_count(0)  # a viewer may not
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    refused = httpx.post(f"{api.url}/t/{t}/executions/{execution_id}/retry", cookies=cookies,
+                         data={"csrf": "guess"}, headers={"origin": api.url})
+    assert refused.status_code == 403
+
+    other = browser.new_context().new_page()
+    sign_in(other, api.url, operator, PASSWORD)
+    other.goto(f"{api.url}/t/{t}/executions/{execution_id}")
+    other.get_by_role("button", name="Retry from the failed step").click()
+    expect(other.get_by_role("heading", level=1)).to_contain_text("queued")  # no worker here: it waits
+    other.get_by_role("button", name="Cancel").click()
+    expect(other.get_by_role("heading", level=1)).to_contain_text("cancelled")
+    actions = [e["action"] for e in admin.get(f"/tenants/{t}/audit", params={"actor": operator}).json()["items"]]
+    assert "execution.retry" in actions and "execution.cancel" in actions
+    other.context.close()

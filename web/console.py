@@ -14,6 +14,7 @@ the session's CSRF token.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,17 +22,28 @@ from urllib.parse import quote, urlsplit
 
 from litestar import Request, Response, Router, get, post
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
 from litestar.params import Body
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from appliance.catalog import Conflict, NotFound
-from appliance.identity import SESSION_COOKIE, Access, Forbidden, Invalid, Principal, Unauthorized
+from appliance.identity import (
+    PERMISSIONS,
+    SESSION_COOKIE,
+    Access,
+    Forbidden,
+    Invalid,
+    Principal,
+    Unauthorized,
+    role_at_least,
+)
 
 from .api.base import TooManyAttempts, audit, runtime_of
 from .api.people import code_step, password_step, session_cookie
 
+log = logging.getLogger("flowfuse.console")
 TEMPLATES = Path(__file__).parent / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 _FORM_ERRORS = (Unauthorized, Invalid, Conflict, NotFound, TooManyAttempts)
@@ -123,6 +135,44 @@ def executions_page(request: Request, tenant: str) -> Template | Redirect:
     name = "execution_rows.html" if request.headers.get("hx-request") else "executions.html"
     return _page(name, person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, rows=rows,
                  status=status or "")
+
+
+@get("/t/{tenant:str}/executions/{execution_id:str}", sync_to_thread=True)
+def execution_page(request: Request, tenant: str, execution_id: str) -> Template | Redirect:
+    """One execution: its steps with their items as JSON, errors and timings; retry and cancel
+    buttons only for roles that may use them (the POSTs check again)."""
+    found = _workspace(request, tenant, "executions.read")
+    if isinstance(found, Redirect):
+        return found
+    person, access = found
+    shown = runtime_of(request).runs.show(execution_id, access.tenant_id)
+    if shown is None:
+        raise NotFound(f"no execution {execution_id!r} in this workspace")
+    may = {p: role_at_least(access.role, PERMISSIONS[p]) for p in ("executions.retry", "executions.cancel")}
+    return _page("execution.html", person=person, csrf=person.csrf, tenant=access.tenant, role=access.role,
+                 e=shown, may_retry=may["executions.retry"] and shown["status"] == "failed",
+                 may_cancel=may["executions.cancel"] and shown["status"] in ("queued", "running", "waiting"))
+
+
+@post("/t/{tenant:str}/executions/{execution_id:str}/{action:str}", sync_to_thread=True, status_code=200)
+def execution_action(request: Request, tenant: str, execution_id: str, action: str, data: Form) -> Redirect:
+    person = _person(request)
+    if person is None or data.get("csrf") != person.csrf:
+        raise Forbidden("sign in again: the form's token does not match your session")
+    if action not in ("retry", "cancel"):
+        raise NotFound(f"no action {action!r}")
+    rt = runtime_of(request)
+    access = rt.identity.authorize(person, tenant, f"executions.{action}")
+    if rt.runs.show(execution_id, access.tenant_id) is None:
+        raise NotFound(f"no execution {execution_id!r} in this workspace")
+    if action == "cancel":
+        rt.cancel(execution_id)
+    else:
+        with contextlib.suppress(ValueError):  # no longer failed (retried meanwhile): the page shows how it is
+            rt.retry(execution_id, access.tenant_id)
+    audit(request, person, f"execution.{action}", tenant_id=access.tenant_id, target_type="execution",
+          target_id=execution_id)
+    return Redirect(f"/t/{tenant}/executions/{execution_id}")
 
 
 @get("/sign-in", sync_to_thread=True)
@@ -236,13 +286,19 @@ def _no_cache(response: Response) -> Response:
 
 
 def _error_page(request: Request, exc: Exception) -> Template:
-    """A refused or missing workspace as a page (404 never says whether the workspace exists)."""
-    status = 403 if isinstance(exc, Forbidden) else 404
-    return _page("error.html", status, error=str(exc).strip("'\""), person=_person(request))
+    """A refused or missing workspace as a page (404 never says whether the workspace exists);
+    anything else is logged with its traceback and shown as a plain apology."""
+    if isinstance(exc, (Forbidden, NotFound)):
+        status = 403 if isinstance(exc, Forbidden) else 404
+        return _page("error.html", status, error=str(exc).strip("'\""), person=_person(request))
+    if isinstance(exc, HTTPException):  # Litestar's own: a malformed form, a wrong method
+        return _page("error.html", exc.status_code, error=exc.detail, person=_person(request))
+    log.exception("console page %s %s failed", request.method, request.url.path)
+    return _page("error.html", 500, error="something went wrong on our side; the error is in the server log")
 
 
-router = Router(path="/", route_handlers=[home, flows_page, executions_page, sign_in_page, sign_in, code_page, code,
-                                          sign_out, setup_page, setup, invitation_page, accept_invitation, reset_page,
-                                          reset],
+router = Router(path="/", route_handlers=[home, flows_page, executions_page, execution_page, execution_action,
+                                          sign_in_page, sign_in, code_page, code, sign_out, setup_page, setup,
+                                          invitation_page, accept_invitation, reset_page, reset],
                 include_in_schema=False, before_request=_refuse_cross_site, after_request=_no_cache,
-                exception_handlers={NotFound: _error_page, Forbidden: _error_page})
+                exception_handlers={Exception: _error_page})
