@@ -520,8 +520,26 @@ class Identity:
     def end_session(self, token: str) -> None:
         self.db.execute("DELETE FROM sessions WHERE id_hash=?", (sha256(token),))
 
-    def end_all_sessions(self, user_id: str) -> int:
-        return self.db.execute("DELETE FROM sessions WHERE user_id=?", (user_id,))
+    def end_all_sessions(self, user_id: str, keep_token: str | None = None) -> int:
+        """End every session of a person (but the one whose cookie is `keep_token`, if given)."""
+        return self.db.execute("DELETE FROM sessions WHERE user_id=? AND id_hash IS NOT ?",
+                               (user_id, sha256(keep_token) if keep_token else None))
+
+    def sessions(self, user_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.query(
+            "SELECT ip, user_agent, created_at, expires_at FROM sessions WHERE user_id=? AND mfa_pending=0 "
+            "ORDER BY created_at DESC", (user_id,))]
+
+    def change_password(self, user_id: str, current: str, new: str, keep_token: str | None = None) -> None:
+        """A new password, given the current one; every other session ends."""
+        row = self.db.one("SELECT email, password_hash FROM users WHERE id=?", (user_id,))
+        from .passwords import verify_password
+
+        if row is None or not verify_password(row["password_hash"] or "", current or ""):
+            raise Invalid("current", "is not your current password")
+        self._check_new_password(row["email"], new)
+        self.db.execute("UPDATE users SET password_hash=?, updated_at=? WHERE id=?", (_hash(new), time.time(), user_id))
+        self.end_all_sessions(user_id, keep_token)
 
     # -- API keys ------------------------------------------------------------------------------------------
     def create_key(self, access: Access, creator: Principal, name: str, role: str,

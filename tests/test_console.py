@@ -224,3 +224,42 @@ def test_execution_detail_shows_steps_and_offers_retry_and_cancel_only_to_operat
     actions = [e["action"] for e in admin.get(f"/tenants/{t}/audit", params={"actor": operator}).json()["items"]]
     assert "execution.retry" in actions and "execution.cancel" in actions
     other.context.close()
+
+
+def test_profile_turns_on_two_factor_changes_the_password_and_ends_other_sessions(page, api, browser):
+    admin = signed_in_admin(api)
+    t = new_tenant(admin)
+    _, email = new_user(admin, t, "viewer")
+    elsewhere = Client(api.url)
+    elsewhere.sign_in(email)
+
+    sign_in(page, api.url, email, PASSWORD)
+    page.get_by_role("link", name=email).click()
+    expect(page).to_have_url(f"{api.url}/profile")
+    expect(page.get_by_role("row")).to_have_count(3)  # the header and two sessions
+    page.get_by_role("button", name="Set up two-factor sign-in").click()
+    expect(page.locator(".qr svg")).to_be_visible()
+    secret = page.get_by_label("Manual key").inner_text()
+    page.get_by_label("Code from the app").fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name="Turn on").click()
+    expect(page.get_by_role("list", name="Recovery codes").get_by_role("listitem")).to_have_count(10)
+
+    page.get_by_label("Current password").fill("not it at all, sorry")
+    page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+    page.get_by_label("New password again").fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("alert")).to_contain_text("is not your current password")
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+    page.get_by_label("New password again").fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("status")).to_contain_text("Your password is changed")
+    assert elsewhere.get("/me").status_code == 401  # the other session ended; this one goes on
+    page.reload()  # a plain GET: the form is not sent again, and this session is still signed in
+    expect(page).to_have_url(f"{api.url}/profile?done=password")
+    expect(page.get_by_role("heading", name="Your profile")).to_be_visible()
+
+    fresh = browser.new_context().new_page()
+    sign_in(fresh, api.url, email, NEW_PASSWORD)
+    expect(fresh.get_by_role("heading", name="Two-factor sign-in")).to_be_visible()
+    fresh.context.close()

@@ -175,6 +175,62 @@ def execution_action(request: Request, tenant: str, execution_id: str, action: s
     return Redirect(f"/t/{tenant}/executions/{execution_id}")
 
 
+#: What the profile page says after a change, by the `done` query parameter of its redirect.
+_NOTICES = {"password": "Your password is changed; your other sessions ended.",
+            "mfa-off": "Two-factor sign-in is off.", "sessions": "Your other sessions ended."}
+
+
+@get("/profile", sync_to_thread=True)
+def profile(request: Request) -> Template | Redirect:
+    person = _person(request)
+    if person is None:
+        return Redirect("/sign-in?next=/profile")
+    return _profile(request, person, notice=_NOTICES.get(request.query_params.get("done", "")))
+
+
+@post("/profile/{action:str}", sync_to_thread=True, status_code=200)
+def profile_action(request: Request, action: str, data: Form) -> Template | Redirect:
+    """Password, two-factor sign-in and sessions of the signed-in person (each form carries the CSRF token)."""
+    person = _person(request)
+    if person is None or data.get("csrf") != person.csrf:
+        raise Forbidden("sign in again: the form's token does not match your session")
+    identity = runtime_of(request).identity
+    cookie = request.cookies[SESSION_COOKIE]
+    shown: dict[str, Any] = {}  # what this answer must show once (so it renders rather than redirects)
+    try:
+        if action == "password":
+            if data.get("new", "") != data.get("confirm", ""):
+                raise Invalid("confirm", "the two new passwords differ")
+            identity.change_password(person.id, data.get("current", ""), data.get("new", ""), keep_token=cookie)
+            done, notice = "user.password_change", "password"
+        elif action == "mfa-start":
+            shown["enrolment"] = identity.start_mfa_enrolment(person.id)
+            done, notice = "mfa.enrol_start", ""
+        elif action == "mfa-confirm":
+            shown["recovery_codes"] = identity.confirm_mfa(person.id, data.get("code", ""))
+            done, notice = "mfa.enable", ""
+        elif action == "mfa-disable":
+            identity.disable_mfa(person.id, data.get("code", ""))
+            done, notice = "mfa.disable", "mfa-off"
+        elif action == "sessions":
+            identity.end_all_sessions(person.id, keep_token=cookie)
+            done, notice = "auth.sign_out_others", "sessions"
+        else:
+            raise NotFound(f"no action {action!r}")
+    except _FORM_ERRORS as exc:
+        return _profile(request, person, 422, error=_message(exc))
+    audit(request, person, done, target_type="user", target_id=person.id)
+    if shown:
+        return _profile(request, identity.session_principal(cookie), **shown)
+    return Redirect(f"/profile?done={notice}")  # post, redirect, get: a reload does not send the form again
+
+
+def _profile(request: Request, person: Principal, status_code: int = 200, **context: Any) -> Template:
+    identity = runtime_of(request).identity
+    return _page("profile.html", status_code, person=person, csrf=person.csrf, user=identity.user(person.id),
+                 sessions=identity.sessions(person.id), **context)
+
+
 @get("/sign-in", sync_to_thread=True)
 def sign_in_page(request: Request) -> Template | Redirect:
     if not runtime_of(request).identity.any_user():
@@ -297,7 +353,8 @@ def _error_page(request: Request, exc: Exception) -> Template:
     return _page("error.html", 500, error="something went wrong on our side; the error is in the server log")
 
 
-router = Router(path="/", route_handlers=[home, flows_page, executions_page, execution_page, execution_action,
+router = Router(path="/", route_handlers=[home, profile, profile_action, flows_page, executions_page, execution_page,
+                                          execution_action,
                                           sign_in_page, sign_in, code_page, code, sign_out, setup_page, setup,
                                           invitation_page, accept_invitation, reset_page, reset],
                 include_in_schema=False, before_request=_refuse_cross_site, after_request=_no_cache,
