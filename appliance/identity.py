@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import Conflict, NotFound
 from . import mfa
+from .catalog import Conflict, NotFound
 from .db import Database
 from .vault import Vault
 
