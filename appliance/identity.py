@@ -12,6 +12,7 @@ These are 256-bit random values, so a fast hash is enough; passwords use argon2i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -339,7 +340,7 @@ class Identity:
 
         row = self.db.one("SELECT id, password_hash, status FROM users WHERE email=?", ((email or "").strip(),))
         if row is None or not row["password_hash"]:
-            verify_password(_DUMMY_HASH(), password or "")  # same time as a real check: no user enumeration
+            verify_password(_dummy_hash(), password or "")  # same time as a real check: no user enumeration
             return None
         if not verify_password(row["password_hash"], password or "") or row["status"] != "active":
             return None
@@ -611,15 +612,12 @@ def _keep_an_owner(conn: sqlite3.Connection, tenant_id: str) -> None:
         raise Conflict("the last owner cannot be removed or demoted; make someone else owner first")
 
 
-_dummy: list[str] = []
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown emails against, made on first use (hashing takes time)."""
+    from .passwords import hash_password
 
-
-def _DUMMY_HASH() -> str:  # noqa: N802 - a constant made on first use (hashing takes time)
-    if not _dummy:
-        from .passwords import hash_password
-
-        _dummy.append(hash_password(secrets.token_urlsafe(16)))
-    return _dummy[0]
+    return hash_password(secrets.token_urlsafe(16))
 
 
 #: Tenant settings an owner may change, and their types.

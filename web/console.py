@@ -40,7 +40,7 @@ from appliance.identity import (
     role_at_least,
 )
 
-from .api.base import TooManyAttempts, audit, runtime_of
+from .api.base import TooManyAttempts, audit, check_access, runtime_of
 from .api.people import code_step, password_step, session_cookie
 
 log = logging.getLogger("flowfuse.console")
@@ -99,59 +99,56 @@ def home(request: Request) -> Template | Redirect:
     return _page("home.html", person=person, tenants=tenants, csrf=person.csrf)
 
 
-def _workspace(request: Request, tenant: str, permission: str) -> tuple[Principal, Access] | Redirect:
+class _SignInFirst(Exception):
+    """Raised by a page that needs a signed-in person; `_error_page` turns it into a redirect."""
+
+
+def _workspace(request: Request, tenant: str, permission: str) -> tuple[Principal, Access]:
     """The signed-in person's access to a workspace through the one guard (NotFound/Forbidden
-    propagate to the error pages), or a redirect to sign in."""
+    propagate to the error pages; no session sends the browser to sign in)."""
     person = _person(request)
     if person is None:
-        return Redirect(f"/sign-in?next={quote(request.url.path)}")
-    return person, runtime_of(request).identity.authorize(person, tenant, permission)
+        raise _SignInFirst
+    return person, check_access(request, person, tenant, permission)  # the API's guard: refusals are audited
+
+
+def _workspace_page(name: str, person: Principal, access: Access, **context: Any) -> Template:
+    return _page(name, person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, **context)
 
 
 @get("/t/{tenant:str}/flows", sync_to_thread=True)
-def flows_page(request: Request, tenant: str) -> Template | Redirect:
-    found = _workspace(request, tenant, "flows.read")
-    if isinstance(found, Redirect):
-        return found
-    person, access = found
+def flows_page(request: Request, tenant: str) -> Template:
+    person, access = _workspace(request, tenant, "flows.read")
     rt = runtime_of(request)
     rows = rt.catalog.flows(access.tenant_id)
     last = rt.runs.last_per_flow(access.tenant_id, [f.id for f in rows])
     flows = [{"name": f.name, "version": f.version, "active": f.active, "trigger": f.trigger_type,
               "last": last.get(f.id)} for f in rows]
-    return _page("flows.html", person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, flows=flows,
-                 query=request.query_params.get("q", ""))
+    return _workspace_page("flows.html", person, access, flows=flows, query=request.query_params.get("q", ""))
 
 
 @get("/t/{tenant:str}/executions", sync_to_thread=True)
-def executions_page(request: Request, tenant: str) -> Template | Redirect:
+def executions_page(request: Request, tenant: str) -> Template:
     """The list, newest first; with HX-Request only its rows (htmx refreshes them every 2 s)."""
-    found = _workspace(request, tenant, "executions.read")
-    if isinstance(found, Redirect):
-        return found
-    person, access = found
+    person, access = _workspace(request, tenant, "executions.read")
     status = request.query_params.get("status") or None
     rows = runtime_of(request).runs.list(access.tenant_id, status=status, limit=50)
     name = "execution_rows.html" if request.headers.get("hx-request") else "executions.html"
-    return _page(name, person=person, csrf=person.csrf, tenant=access.tenant, role=access.role, rows=rows,
-                 status=status or "")
+    return _workspace_page(name, person, access, rows=rows, status=status or "")
 
 
 @get("/t/{tenant:str}/executions/{execution_id:str}", sync_to_thread=True)
-def execution_page(request: Request, tenant: str, execution_id: str) -> Template | Redirect:
+def execution_page(request: Request, tenant: str, execution_id: str) -> Template:
     """One execution: its steps with their items as JSON, errors and timings; retry and cancel
     buttons only for roles that may use them (the POSTs check again)."""
-    found = _workspace(request, tenant, "executions.read")
-    if isinstance(found, Redirect):
-        return found
-    person, access = found
+    person, access = _workspace(request, tenant, "executions.read")
     shown = runtime_of(request).runs.show(execution_id, access.tenant_id)
     if shown is None:
         raise NotFound(f"no execution {execution_id!r} in this workspace")
     may = {p: role_at_least(access.role, PERMISSIONS[p]) for p in ("executions.retry", "executions.cancel")}
-    return _page("execution.html", person=person, csrf=person.csrf, tenant=access.tenant, role=access.role,
-                 e=shown, may_retry=may["executions.retry"] and shown["status"] == "failed",
-                 may_cancel=may["executions.cancel"] and shown["status"] in ("queued", "running", "waiting"))
+    return _workspace_page("execution.html", person, access, e=shown,
+                           may_retry=may["executions.retry"] and shown["status"] == "failed",
+                           may_cancel=may["executions.cancel"] and shown["status"] in ("queued", "running", "waiting"))
 
 
 @post("/t/{tenant:str}/executions/{execution_id:str}/{action:str}", sync_to_thread=True, status_code=200)
@@ -162,7 +159,7 @@ def execution_action(request: Request, tenant: str, execution_id: str, action: s
     if action not in ("retry", "cancel"):
         raise NotFound(f"no action {action!r}")
     rt = runtime_of(request)
-    access = rt.identity.authorize(person, tenant, f"executions.{action}")
+    access = check_access(request, person, tenant, f"executions.{action}")
     if rt.runs.show(execution_id, access.tenant_id) is None:
         raise NotFound(f"no execution {execution_id!r} in this workspace")
     if action == "cancel":
@@ -341,9 +338,11 @@ def _no_cache(response: Response) -> Response:
     return response
 
 
-def _error_page(request: Request, exc: Exception) -> Template:
+def _error_page(request: Request, exc: Exception) -> Template | Redirect:
     """A refused or missing workspace as a page (404 never says whether the workspace exists);
     anything else is logged with its traceback and shown as a plain apology."""
+    if isinstance(exc, _SignInFirst):
+        return Redirect(f"/sign-in?next={quote(request.url.path)}")
     if isinstance(exc, (Forbidden, NotFound)):
         status = 403 if isinstance(exc, Forbidden) else 404
         return _page("error.html", status, error=str(exc).strip("'\""), person=_person(request))
