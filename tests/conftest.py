@@ -22,6 +22,7 @@ import pytest
 
 from appliance.runtime import init_data_dir
 from appliance.settings import load
+from tests.browser import browser, page  # noqa: F401 (fixtures for console tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Fast heartbeats, polls and cron ticks so that tests of recovery and schedules finish quickly.

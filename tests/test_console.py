@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
 import pyotp
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.api_helpers import ADMIN, PASSWORD, Client, new_tenant, new_user, signed_in_admin, start_with_admin
+from tests.browser import sign_in
 from tests.conftest import Server, flowfuse, free_port
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-#: As the machine's notes say: no background connections (the network is closed), no sandbox as root.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 NEW_PASSWORD = "a brand new passphrase 3"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +21,6 @@ def api(tmp_path_factory):
     srv = start_with_admin(tmp_path_factory.mktemp("console") / "data", "web")
     yield srv
     srv.stop()
-
-
-def sign_in(page: Page, url: str, email: str, password: str) -> None:
-    page.goto(f"{url}/sign-in")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
 
 
 def test_first_run_set_up_then_sign_in_and_out(page, tmp_path):
