@@ -37,3 +37,8 @@ bench: install-test
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# PNGs of the console's main pages in docs/screenshots/ (a real server with sample data, Chromium via Playwright).
+.PHONY: screenshots
+screenshots: install-test browsers
+	$(PY) tests/screenshots.py

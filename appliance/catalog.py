@@ -259,6 +259,54 @@ class Catalog:
                 self._routes = routes
         return routes.get((tenant_slug, path))
 
+    # -- pinned data (test runs) -------------------------------------------------------------------------------
+    def pins(self, flow_id: str) -> dict[str, list[dict]]:
+        """The flow's pinned output items by node id (see schema 0005_pins)."""
+        return {r["node_id"]: json.loads(r["items"]) for r in
+                self.db.query("SELECT node_id, items FROM pins WHERE flow_id=? ORDER BY node_id", (flow_id,))}
+
+    def set_pin(self, flow: FlowRow, node_id: str, items_json: str) -> None:
+        self.db.execute("INSERT INTO pins VALUES (?,?,?,?,?) ON CONFLICT (flow_id, node_id) DO UPDATE SET "
+                        "items=excluded.items, updated_at=excluded.updated_at",
+                        (flow.id, flow.tenant_id, node_id, items_json, time.time()))
+
+    def delete_pin(self, flow: FlowRow, node_id: str) -> bool:
+        return self.db.execute("DELETE FROM pins WHERE flow_id=? AND node_id=?", (flow.id, node_id)) > 0
+
+    # -- the console's flows list: pages of 50 at 10,000 flows -----------------------------------------------
+    def flows_page(self, tenant_id: str, *, query: str = "", tag: str = "", after: str = "",
+                   limit: int = 50) -> list[FlowRow]:
+        """The tenant's flows by name, the page after the name `after` (keyset), whose name contains
+        `query` (any case) and that carry `tag`: a range of the (tenant_id, name) index, or of
+        flow_tags's (tenant_id, tag, name) with a tag, never a sort of the whole table."""
+        sql, params = _flow_filter(tenant_id, query, tag)
+        rows = self.db.query(f"{sql} AND {'t' if tag else 'f'}.name > ? ORDER BY {'t' if tag else 'f'}.name LIMIT ?",
+                             (*params, after, limit))
+        return [_flow_row(r) for r in rows]
+
+    def flow_count(self, tenant_id: str, *, query: str = "", tag: str = "") -> int:
+        sql, params = _flow_filter(tenant_id, query, tag)
+        return self.db.one(sql.replace("SELECT f.*", "SELECT count(*)", 1), params)[0]
+
+    def tags(self, tenant_id: str, limit: int = 200) -> list[str]:
+        """The tenant's flow tags, A to Z (the first `limit`)."""
+        return [r[0] for r in self.db.query("SELECT DISTINCT tag FROM flow_tags WHERE tenant_id=? ORDER BY tag LIMIT ?",
+                                            (tenant_id, limit))]
+
+
+def _flow_filter(tenant_id: str, query: str, tag: str) -> tuple[str, list[Any]]:
+    """SELECT f.* of a tenant's flows filtered by a name substring (LIKE, its wildcards escaped) and a tag."""
+    if tag:
+        sql, params = ("SELECT f.* FROM flow_tags t JOIN flows f ON f.id = t.flow_id WHERE t.tenant_id=? AND t.tag=?",
+                       [tenant_id, tag])
+    else:
+        sql, params = "SELECT f.* FROM flows f WHERE f.tenant_id=?", [tenant_id]
+    if query:
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        sql += " AND f.name LIKE ? ESCAPE '\\'"
+        params.append(f"%{escaped}%")
+    return sql, params
+
 
 def _check_route(conn: sqlite3.Connection, tenant_id: str, path: str, flow_id: str | None) -> None:
     other = conn.execute("SELECT name FROM flows WHERE tenant_id=? AND webhook_path=? AND active=1 AND id IS NOT ?",

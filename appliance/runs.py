@@ -11,12 +11,13 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from engine import FAILED, FINAL, QUEUED, RETRY, RUNNING, WAITING, ExecutionRef, Finish, StepRecord
+from engine import FAILED, FINAL, QUEUED, RETRY, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Finish, Flow, StepRecord
 
 from .db import Database
 from .usage import UsageMeter
@@ -26,6 +27,11 @@ _decode = msgspec.json.decode
 
 STEP_SQL = ("INSERT INTO steps (execution_id, seq, tenant_id, key, node, attempt, status, input_count, output, "
             "error, resume_at, truncated, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+#: What the engine's commits write: STEP_SQL (still used for rows of no particular origin, by retry
+#: and bench/run.py) plus the step's origin (pinned or replayed, see StepRecord.origin).
+_STEP_ORIGIN_SQL = ("INSERT INTO steps (execution_id, seq, tenant_id, key, node, attempt, status, input_count, "
+                    "output, error, resume_at, truncated, started_at, ended_at, origin) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 EXEC_SQL = ("INSERT INTO executions (id, tenant_id, flow_id, flow_name, flow_version, status, trigger, input, meta, "
             "output, error, parent_id, dedup_key, resume_at, owner, created_at, finished_at, updated_at) VALUES "
             "(:id, :tenant_id, :flow_id, :flow_name, :flow_version, :status, :trigger, :input, :meta, :output, :error, "
@@ -62,7 +68,7 @@ def execution_row(*, tenant_id: str, flow_id: str | None, flow_name: str, flow_v
 
 def _step_params(ref: ExecutionRef, s: StepRecord) -> tuple:
     return (ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count, s.outputs_json, s.error,
-            s.resume_at, int(s.truncated), s.started_at, s.ended_at)
+            s.resume_at, int(s.truncated), s.started_at, s.ended_at, s.origin)
 
 
 @dataclass
@@ -86,6 +92,9 @@ class RunStore:
     def __init__(self, db: Database):
         self.db = db
         self.meter = UsageMeter(db)
+        #: The compiled flow an execution row ran (its version, or a test run's draft), or None when
+        #: gone; set by the runtime, which has the catalog. `show` derives each step's input from it.
+        self.flow_of: Callable[[sqlite3.Row], Flow | None] = lambda row: None
 
     # -- the engine port -------------------------------------------------------------------------
     async def commit(self, ref: ExecutionRef, steps: list[StepRecord], finish: Finish | None) -> None:
@@ -95,7 +104,7 @@ class RunStore:
         change of an already stored execution is an UPDATE after them.
         """
         if finish is None and ref.persisted and ref.claim is None:  # the hot path: steps of a running run
-            written = self.db.awrite(None, [(STEP_SQL, [_step_params(ref, s) for s in steps])])
+            written = self.db.awrite(None, [(_STEP_ORIGIN_SQL, [_step_params(ref, s) for s in steps])])
             counted = self._count(ref.tenant_id, 0, steps)
             try:
                 await written
@@ -116,13 +125,13 @@ class RunStore:
             else:
                 def update(conn: sqlite3.Connection) -> None:
                     conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
-                                 "updated_at=? WHERE id=? AND status NOT IN ('succeeded', 'failed', 'cancelled')",
-                                 (*final, now, ref.id))
+                                 "paused_at=?, updated_at=? WHERE id=? AND status NOT IN "
+                                 "('succeeded', 'failed', 'cancelled')", (*final, finish.paused_at, now, ref.id))
         rows = []
         if row is not None:
             rows.append((EXEC_SQL, [row]))
         if steps:
-            rows.append((STEP_SQL, [_step_params(ref, s) for s in steps]))
+            rows.append((_STEP_ORIGIN_SQL, [_step_params(ref, s) for s in steps]))
         fn = update
         if claim is not None:
             def fn(conn: sqlite3.Connection) -> None:
@@ -191,7 +200,7 @@ class RunStore:
         steps = [StepRecord(key=r["key"], node=r["node"], attempt=r["attempt"], status=r["status"],
                             input_count=r["input_count"], started_at=r["started_at"], ended_at=r["ended_at"],
                             outputs_json=r["output"], error=r["error"], resume_at=r["resume_at"],
-                            truncated=bool(r["truncated"]), seq=r["seq"])
+                            truncated=bool(r["truncated"]), seq=r["seq"], origin=r["origin"])
                  for r in self.db.query("SELECT * FROM steps WHERE execution_id=? ORDER BY seq", (execution_id,))]
         resume = {r["key"]: _decode(r["items"]) for r in
                   self.db.query("SELECT key, items FROM resume_payloads WHERE execution_id=?", (execution_id,))}
@@ -341,13 +350,156 @@ class RunStore:
             return None
         r = loaded.row
         out = _summary(r)
+        outputs = [_decode(s.outputs_json) if s.outputs_json else {} for s in loaded.steps]
+        steps = [step_view(s, o) for s, o in zip(loaded.steps, outputs)]
+        flow = self.flow_of(r)
+        if flow is not None:
+            for view, given in zip(steps, step_inputs(flow, loaded.items, loaded.steps, outputs)):
+                view["input"] = given
         out.update(input=loaded.items, output=_decode(r["output"]) if r["output"] else None,
-                   steps=[step_view(s) for s in loaded.steps], flow_version=r["flow_version"])
+                   steps=steps, flow_version=r["flow_version"])
+        if r["status"] == WAITING and r["paused_at"]:
+            out["paused_at"] = r["paused_at"]
+        if r["trigger"] == "test" and r["meta"]:
+            test = json.loads(r["meta"]).get("test") or {}
+            out["test"] = {k: test.get(k) for k in ("draft", "start_at", "step_mode", "input_from")}
         return out
 
+    # -- test runs (web/api/debug.py) ------------------------------------------------------------------
+    def continue_paused(self, execution_id: str, tenant_id: str) -> str:
+        """Let a step-mode execution paused before a node run it: returns that node. It is queued again
+        (the worker resumes it from its committed steps, and recovers it like any queued execution
+        whose message was lost). Raises LookupError if there is no such execution, ValueError if it
+        is not paused."""
+        def write(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT status, paused_at FROM executions WHERE id=? AND tenant_id=?",
+                               (execution_id, tenant_id)).fetchone()
+            if row is None:
+                raise LookupError(f"no execution {execution_id!r} in this tenant")
+            if row["status"] != WAITING or not row["paused_at"]:
+                raise ValueError(f"execution {execution_id} is not paused in step mode (it is {row['status']}); "
+                                 "only a test run started with step_mode pauses")
+            conn.execute("UPDATE executions SET status='queued', resume_at=NULL, paused_at=NULL, updated_at=? "
+                         "WHERE id=?", (time.time(), execution_id))
+            return row["paused_at"]
+        return self.db.write(write)
 
-def step_view(s: StepRecord) -> dict[str, Any]:
-    outputs = _decode(s.outputs_json) if s.outputs_json else {}
+    def step_output(self, execution_id: str, node_id: str) -> tuple[dict[str, list[dict]], int] | None:
+        """The outputs and input count of a node's last succeeded top-level step in one execution."""
+        row = self.db.one("SELECT output, input_count FROM steps WHERE execution_id=? AND key=? AND status=? "
+                          "AND truncated=0 ORDER BY seq DESC LIMIT 1", (execution_id, node_id, SUCCEEDED))
+        return (_decode(row["output"]), row["input_count"]) if row else None
+
+    def latest_output(self, tenant_id: str, flow_id: str, node_id: str,
+                      within: int = 500) -> tuple[dict[str, list[dict]], int, str] | None:
+        """A node's output in the newest of the flow's last `within` executions in which it succeeded:
+        (outputs, input count, execution id). Bounded so that a node that never ran costs one short scan."""
+        row = self.db.one(
+            "SELECT s.output, s.input_count, e.id FROM (SELECT id FROM executions WHERE tenant_id=? AND flow_id=? "
+            "ORDER BY id DESC LIMIT ?) e JOIN steps s ON s.execution_id = e.id WHERE s.key=? AND s.status=? "
+            "AND s.truncated=0 ORDER BY e.id DESC, s.seq DESC LIMIT 1",
+            (tenant_id, flow_id, within, node_id, SUCCEEDED))
+        return (_decode(row["output"]), row["input_count"], row["id"]) if row else None
+
+    def state(self, execution_id: str) -> sqlite3.Row | None:
+        """Status, error, pause and tenant of an execution: what a live view polls."""
+        return self.db.one("SELECT tenant_id, status, error, paused_at FROM executions WHERE id=?", (execution_id,))
+
+    def step_events(self, execution_id: str, after_seq: int) -> list[dict[str, Any]]:
+        """The execution's steps committed after `after_seq`, as the events of a live view."""
+        events = []
+        for r in self.db.query("SELECT seq, node, status, attempt, output, error, started_at, ended_at, origin "
+                               "FROM steps WHERE execution_id=? AND seq > ? ORDER BY seq", (execution_id, after_seq)):
+            outputs = _decode(r["output"]) if r["output"] else {}
+            event: dict[str, Any] = {
+                "seq": r["seq"], "node": r["node"], "status": r["status"],
+                "items": sum(len(v) for v in outputs.values() if isinstance(v, list)), "attempt": r["attempt"],
+                "started_at": r["started_at"], "finished_at": r["ended_at"],
+                "duration_ms": round((r["ended_at"] - r["started_at"]) * 1000, 3)}
+            if r["error"]:
+                event["error"] = r["error"]
+            if r["origin"]:
+                event[r["origin"]] = True
+            events.append(event)
+        return events
+
+    # -- the console's dashboard: every query bounded by an index, at a million executions -------------------
+    def outcomes(self, tenant_id: str, since: float) -> list[dict[str, Any]]:
+        """Executions created since `since` that ended, per hour (epoch hour), from the `outcomes`
+        rollup that runs migration 0006 keeps with triggers: at most 24 rows a day."""
+        return [dict(r) for r in self.db.query(
+            "SELECT hour, succeeded, failed, cancelled FROM outcomes WHERE tenant_id=? AND hour >= ? ORDER BY hour",
+            (tenant_id, int(since // 3600)))]
+
+    def recent_durations(self, tenant_id: str, limit: int = 1000) -> list[float]:
+        """Seconds from creation to the end of the tenant's newest `limit` succeeded or failed
+        executions: two bounded ranges of (tenant_id, status, id), newest first, merged."""
+        rows: list[tuple[str, float]] = []
+        for status in ("succeeded", "failed"):
+            rows += [(r[0], r[1]) for r in self.db.query(
+                "SELECT id, finished_at - created_at FROM executions WHERE tenant_id=? AND status=? "
+                "ORDER BY id DESC LIMIT ?", (tenant_id, status, limit)) if r[1] is not None]
+        rows.sort(reverse=True)
+        return [seconds for _, seconds in rows[:limit]]
+
+    def count_status(self, tenant_id: str, status: str) -> int:
+        """How many of the tenant's executions have this status now (a range of (tenant_id, status, id);
+        meant for the few running or queued ones)."""
+        return self.db.one("SELECT count(*) FROM executions WHERE tenant_id=? AND status=?", (tenant_id, status))[0]
+
+
+def step_inputs(flow: Flow, trigger_items: list[dict], steps: list[StepRecord],
+                outputs: list[dict[str, Any]]) -> list[list[dict] | None]:
+    """What each step's node received, as the engine gathered it: the outputs of its predecessors
+    along the flow's edges, in the order the flow lists them (inside a loop: the predecessors of the
+    same batch, or the batch itself). None where it cannot be told (a truncated predecessor output,
+    a node the flow no longer has, a batch size given by an expression)."""
+    done: dict[str, dict[str, Any] | None] = {}
+    for step, out in zip(steps, outputs):
+        if step.status == SUCCEEDED:
+            done[step.key] = None if step.truncated else out
+    cache: dict[str, list[dict] | None] = {}
+
+    def input_of(key: str, node_id: str) -> list[dict] | None:
+        if key in cache:
+            return cache[key]
+        cache[key] = None  # a guard against a malformed key leading back to itself
+        node = flow.nodes.get(node_id)
+        if node is None or not key.endswith(node_id):
+            return None
+        scope = key[:len(key) - len(node_id)]
+        if node is flow.trigger and not scope:
+            cache[key] = trigger_items
+            return trigger_items
+        received: list[dict] = []
+        for src, out in node.inputs:
+            source = flow.nodes[src]
+            if out == "loop" and source.body:  # the batch of the loop this key is in
+                mark = scope.rfind(f"{src}#")
+                size = source.raw_params.get("size", 10)
+                batch = scope[mark + len(src) + 1:].split("/", 1)[0]
+                if mark < 0 or not isinstance(size, int) or size < 1 or not batch.isdigit():
+                    return None
+                whole = input_of(scope[:mark] + src, src)
+                if whole is None:
+                    return None
+                received.extend(whole[int(batch) * size:(int(batch) + 1) * size])
+                continue
+            if scope + src not in done:
+                continue  # not reached: it sent nothing
+            found = done[scope + src]
+            if found is None:
+                return None
+            received.extend(found.get(out) or [])
+        cache[key] = received
+        return received
+
+    return [input_of(step.key, step.node) for step in steps]
+
+
+def step_view(s: StepRecord, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    if outputs is None:
+        outputs = _decode(s.outputs_json) if s.outputs_json else {}
     view: dict[str, Any] = {"node": s.node, "key": s.key, "status": s.status, "attempt": s.attempt,
                             "input_count": s.input_count,
                             "items": [i for items in outputs.values() if isinstance(items, list) for i in items],
@@ -357,6 +509,8 @@ def step_view(s: StepRecord) -> dict[str, Any]:
         view["truncated"] = outputs.get("_truncated")
     if s.error:
         view["error"] = s.error
+    if s.origin:
+        view[s.origin] = True  # "pinned" or "replayed": the node did not run
     return view
 
 

@@ -21,8 +21,11 @@ from typing import Any
 from connectors import default_registry
 from connectors.http import try_credential
 from engine import (
-    FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Limits, NodeError, Outcome, Run,
+    FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Flow, FlowInvalid, Limits, NodeError, Outcome,
+    Run,
 )
+from engine.executor import pinned_outputs
+from engine.flow import ancestors, descendants
 
 from . import schema
 from .audit import AuditLog
@@ -32,12 +35,18 @@ from .queue import make_queue
 from .quotas import QuotaBook, TenantGate
 from .runs import ClaimLost, RunStore, execution_row
 from .settings import Settings
-from .identity import Identity
+from .identity import Identity, Invalid
 from .vault import Vault
 
 log = logging.getLogger("flowfuse")
 #: Huey's own statement for a new message (SqliteStorage.enqueue), batched by our writer.
 ENQUEUE_SQL = "INSERT INTO task (queue, data, priority) VALUES (?, ?, ?)"
+#: The trigger of an execution started from the console's editor (see Runtime.start_test_run).
+TEST = "test"
+
+
+class NoData(ValueError):
+    """A partial run needs the output of a node that has none anywhere (the API's 422)."""
 
 
 class NotInitialised(RuntimeError):
@@ -93,6 +102,9 @@ class Runtime:
         self.registry = default_registry()
         self.catalog = Catalog(self.control, self.registry)
         self.runs = RunStore(self.runs_db)
+        self.runs.flow_of = self.flow_of
+        #: Compiled drafts of test runs by execution id (a few: the console's current runs).
+        self._drafts: dict[str, Flow] = {}
         self.quotas = QuotaBook(settings.quotas, self.catalog, self.runs_db)
         self.catalog.active_flow_quota = self.quotas.active_flows
         #: The worker's per-tenant concurrency quota (see run_queued).
@@ -140,7 +152,7 @@ class Runtime:
 
         def control_part(conn) -> int:
             flows = conn.execute("SELECT count(*) FROM flows WHERE tenant_id=?", (tenant_id,)).fetchone()[0]
-            for table in ("flow_versions", "flows", "variables", "credentials", "api_keys", "invitations",
+            for table in ("pins", "flow_versions", "flows", "variables", "credentials", "api_keys", "invitations",
                           "memberships"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant_id=?", (tenant_id,))
             conn.execute("DELETE FROM tenants WHERE id=?", (tenant_id,))
@@ -277,14 +289,22 @@ class Runtime:
         if row["status"] == WAITING and row["resume_at"] and row["resume_at"] > time.time() + 0.01 \
                 and not loaded.resume_items:
             return None  # resumed too early (e.g. a duplicate message); its scheduled resume will come
-        flow = self.catalog.compiled(row["flow_id"], row["flow_version"])
+        meta = json.loads(row["meta"]) if row["meta"] else {}
+        flow = self._draft(row["id"], meta["definition"]) if row["trigger"] == TEST and "definition" in meta \
+            else self.catalog.compiled(row["flow_id"], row["flow_version"])
         # Claimed with the run's first commit (see ExecutionRef.claim): one commit fewer per execution.
         ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row),
                            claim=(row["status"], row["owner"], self.process_id))
-        meta = json.loads(row["meta"]) if row["meta"] else {}
         started = meta.get("retried_at") or row["created_at"]  # a retry gets the flow's whole time-out again
         run = Run(ref, flow, loaded.items, started, trigger=row["trigger"], steps=loaded.steps,
                   resume_items=loaded.resume_items, vars=self.catalog.variables(row["tenant_id"]), meta=meta)
+        if row["trigger"] == TEST:  # pins, partial run and step mode as fixed when it was started
+            test = meta.get("test") or {}
+            run.pins = test.get("pins") or {}
+            run.given = {nid: tuple(given) for nid, given in (test.get("given") or {}).items()}
+            run.skip = frozenset(test.get("skip") or ())
+            run.step_mode = bool(test.get("step_mode"))
+            run.checkpoint_every_step = True  # the console streams every step as it is committed
         return run
 
     async def _execute(self, run: Run) -> Outcome:
@@ -298,7 +318,7 @@ class Runtime:
     async def _after(self, run: Run, outcome: Outcome) -> None:
         if outcome.status == WAITING and outcome.resume_at is not None:
             await self.aenqueue(run.ref.id, outcome.resume_at)
-        elif outcome.status == FAILED and run.flow.error_flow and run.trigger != "error":
+        elif outcome.status == FAILED and run.flow.error_flow and run.trigger not in ("error", TEST):
             await asyncio.to_thread(self._start_error_flow, run, outcome)
 
     def _start_error_flow(self, run: Run, outcome: Outcome) -> None:
@@ -313,6 +333,92 @@ class Runtime:
             self.queue_execution(target, "error", [item], dedup_key=f"error:{run.ref.id}", parent_id=run.ref.id)
         except QuotaExceeded as exc:
             log.warning("error flow %r not started for execution %s: %s", target.name, run.ref.id, exc)
+
+    # -- test runs (debugging from the console) -----------------------------------------------------------------
+    def start_test_run(self, flow: FlowRow, *, definition: dict | None = None, items: list[dict] | None = None,
+                       input_from: str | None = None, start_at: str | None = None, step_mode: bool = False,
+                       by: str | None = None) -> str:
+        """Queue a test run of a flow (a draft `definition`, or its latest version); returns its id.
+
+        Everything it runs with is fixed now and kept in the execution's meta, so that a resume after
+        a crash, a `continue` in step mode or a retry runs the same: the draft (never a flow version),
+        the flow's pins, and for a partial run from `start_at` the output of every node it needs but
+        does not run (pinned, else that node's output in `input_from`, else in the newest execution
+        of the flow where it succeeded). Raises FlowInvalid, Invalid, NoData or QuotaExceeded."""
+        if definition is not None:
+            if definition.get("name", flow.name) != flow.name:
+                raise Invalid("definition.name", f"the draft names the flow {definition.get('name')!r} "
+                                                 f"but the URL names {flow.name!r}")
+            definition = {**definition, "name": flow.name}
+            compiled = self.catalog.validate(definition)
+        else:
+            compiled = self.catalog.compiled(flow.id, flow.version)
+        if input_from is not None:
+            if items is not None:
+                raise Invalid("input_from", "give either input or input_from, not both")
+            source = self.runs_db.one("SELECT input FROM executions WHERE id=? AND tenant_id=? AND flow_id=?",
+                                      (input_from, flow.tenant_id, flow.id))
+            if source is None:
+                raise Invalid("input_from", f"flow {flow.name!r} has no execution {input_from!r}")
+            items = json.loads(source["input"])
+        pins = {nid: found for nid, found in self.catalog.pins(flow.id).items() if nid in compiled.nodes}
+        given: dict[str, tuple[str, dict, int]] = {}
+        skip: frozenset[str] = frozenset()
+        if start_at is not None:
+            node = compiled.nodes.get(start_at)
+            if node is None:
+                raise Invalid("start_at", f"the flow has no node {start_at!r}")
+            if node.loop_owner is not None:
+                raise Invalid("start_at", f"node {start_at!r} is inside the loop of {node.loop_owner!r}; "
+                                          "start at the loop node")
+            runs = {start_at} | descendants(compiled, start_at)
+            needed = ancestors(compiled, runs)
+            if items is not None and compiled.trigger.id in needed:  # the trigger runs with the items given
+                needed.discard(compiled.trigger.id)
+                runs.add(compiled.trigger.id)
+            for nid in (n for n in compiled.order if n in needed):
+                if nid in pins:
+                    given[nid] = ("pinned", pinned_outputs(compiled.nodes[nid], pins[nid]), 0)
+                    continue
+                found = self.runs.step_output(input_from, nid) if input_from else None
+                found = found or self.runs.latest_output(flow.tenant_id, flow.id, nid)
+                if found is None:
+                    raise NoData(f"node {nid!r} has no data to start from: pin its output or run the flow once")
+                given[nid] = ("replayed", found[0], found[1])
+            skip = frozenset(compiled.nodes) - runs - needed
+        test = {"draft": definition is not None, "start_at": start_at, "step_mode": step_mode,
+                "input_from": input_from, "pins": pins, "given": given, "skip": sorted(skip)}
+        meta: dict[str, Any] = {"by": by, "test": test}
+        if definition is not None:
+            meta["definition"] = definition  # kept with the execution: never saved as a version
+        return self.queue_execution(flow, TEST, items if items is not None else [{}], meta=meta).id
+
+    def continue_paused(self, execution_id: str, tenant_id: str) -> str:
+        """Run the next node of a step-mode execution (see RunStore.continue_paused); returns that node."""
+        node = self.runs.continue_paused(execution_id, tenant_id)
+        self.enqueue(execution_id)
+        return node
+
+    def flow_of(self, row: Any) -> Flow | None:
+        """The compiled flow an execution ran: a test run's draft, else its version; None if gone."""
+        try:
+            if row["trigger"] == TEST and row["meta"] and '"definition"' in row["meta"]:
+                meta = json.loads(row["meta"])
+                if isinstance(meta.get("definition"), dict):
+                    return self._draft(row["id"], meta["definition"])
+            if row["flow_id"] and row["flow_version"]:
+                return self.catalog.compiled(row["flow_id"], row["flow_version"])
+        except (NotFound, FlowInvalid):
+            return None
+        return None
+
+    def _draft(self, execution_id: str, definition: dict) -> Flow:
+        found = self._drafts.get(execution_id)
+        if found is None:
+            if len(self._drafts) >= 64:
+                self._drafts.pop(next(iter(self._drafts)))
+            found = self._drafts[execution_id] = self.catalog.validate(definition)
+        return found
 
     def try_credential(self, tenant_id: str, credential_id: str, url: str) -> dict[str, Any]:
         """Test a credential against a URL (see connectors.http.try_credential)."""

@@ -374,3 +374,116 @@ def _runs_0004(db) -> None:
     CREATE INDEX executions_running ON executions (owner) WHERE status = 'running';
     CREATE INDEX executions_waiting ON executions (resume_at) WHERE status = 'waiting';
     """)
+
+
+@control(name="0005_pins")
+def _control_0005(db) -> None:
+    """Pinned output items of flow nodes, for test runs from the console.
+
+    They belong to the flow, not to a version (a pin survives saving a new version), and go with
+    the flow and its tenant. `node_id` may name a node of an unsaved draft only.
+    """
+    db.executescript("""
+    CREATE TABLE pins (
+        flow_id TEXT NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        node_id TEXT NOT NULL,
+        items TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (flow_id, node_id)
+    );
+    """)
+
+
+@runs(name="0005_debugging")
+def _runs_0005(db) -> None:
+    """Test runs: where a step's output came from when its node did not run (`origin`: pinned or
+    replayed), and the node a step-mode run is paused before (`paused_at`, while it is waiting)."""
+    db.executescript("""
+    ALTER TABLE steps ADD COLUMN origin TEXT;
+    ALTER TABLE executions ADD COLUMN paused_at TEXT;
+    """)
+
+
+# -- issue 4: the dashboard and the flows list (numbered 0006: another change may take 0005) ----------------
+@control(name="0006_flow_tags")
+def _control_0006(db) -> None:
+    """Flow tags (the flow JSON's optional top-level "tags") as rows, so the flows list filters by tag
+    through an index at 10,000 flows instead of parsing every definition.
+
+    Triggers keep `flow_tags` in step with `flows` whoever writes it (API, console, CLI, a bulk
+    load); flows are never renamed (a new name is a new flow), so (tenant, tag, name) stays true.
+    `flows_tenant_active` serves the active-flow count of the quota and the dashboard.
+    """
+    db.executescript("""
+    CREATE TABLE flow_tags (
+        tenant_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        name TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, tag, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX flow_tags_flow ON flow_tags (flow_id);
+    CREATE TRIGGER flow_tags_insert AFTER INSERT ON flows BEGIN
+        INSERT OR IGNORE INTO flow_tags (tenant_id, tag, name, flow_id)
+            SELECT new.tenant_id, value, new.name, new.id FROM json_each(new.definition, '$.tags') WHERE type = 'text';
+    END;
+    CREATE TRIGGER flow_tags_update AFTER UPDATE OF definition ON flows BEGIN
+        DELETE FROM flow_tags WHERE flow_id = old.id;
+        INSERT OR IGNORE INTO flow_tags (tenant_id, tag, name, flow_id)
+            SELECT new.tenant_id, value, new.name, new.id FROM json_each(new.definition, '$.tags') WHERE type = 'text';
+    END;
+    CREATE TRIGGER flow_tags_delete AFTER DELETE ON flows BEGIN
+        DELETE FROM flow_tags WHERE flow_id = old.id;
+    END;
+    INSERT OR IGNORE INTO flow_tags (tenant_id, tag, name, flow_id)
+        SELECT f.tenant_id, j.value, f.name, f.id FROM flows f, json_each(f.definition, '$.tags') j WHERE j.type = 'text';
+    CREATE INDEX flows_tenant_active ON flows (tenant_id, active);
+    """)
+
+
+@runs(name="0006_outcomes")
+def _runs_0006(db) -> None:
+    """How executions ended, per tenant and hour of creation: the dashboard's chart and success rate.
+
+    `usage` counts executions when they are created, not how they end, and counting a million rows
+    by status per page view is far over the dashboard's 100 ms. Triggers add an execution to its
+    hour when it reaches succeeded, failed or cancelled (inserted so, or updated to it) and take it
+    back when it leaves that status (a retry), so every writer (engine, cancel, retry, a bulk load)
+    keeps it right; about 10 us per finished execution. Like `usage`, it is kept when retention
+    deletes old executions. Existing executions are counted once here.
+    """
+    db.executescript("""
+    CREATE TABLE outcomes (
+        tenant_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, hour)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER outcomes_insert AFTER INSERT ON executions
+    WHEN new.status IN ('succeeded', 'failed', 'cancelled') BEGIN
+        INSERT INTO outcomes (tenant_id, hour, succeeded, failed, cancelled)
+            VALUES (new.tenant_id, CAST(new.created_at / 3600 AS INTEGER), new.status = 'succeeded',
+                    new.status = 'failed', new.status = 'cancelled')
+            ON CONFLICT (tenant_id, hour) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+                failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled;
+    END;
+    CREATE TRIGGER outcomes_update AFTER UPDATE OF status ON executions
+    WHEN old.status IS NOT new.status AND (old.status IN ('succeeded', 'failed', 'cancelled')
+                                           OR new.status IN ('succeeded', 'failed', 'cancelled')) BEGIN
+        INSERT INTO outcomes (tenant_id, hour, succeeded, failed, cancelled)
+            VALUES (new.tenant_id, CAST(new.created_at / 3600 AS INTEGER),
+                    (new.status = 'succeeded') - (old.status = 'succeeded'),
+                    (new.status = 'failed') - (old.status = 'failed'),
+                    (new.status = 'cancelled') - (old.status = 'cancelled'))
+            ON CONFLICT (tenant_id, hour) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+                failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled;
+    END;
+    INSERT INTO outcomes (tenant_id, hour, succeeded, failed, cancelled)
+        SELECT tenant_id, CAST(created_at / 3600 AS INTEGER), sum(status = 'succeeded'), sum(status = 'failed'),
+               sum(status = 'cancelled')
+        FROM executions WHERE status IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
+    """)
+

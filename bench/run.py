@@ -5,6 +5,8 @@
 3. Asynchronous webhooks drained through Huey by the worker.
 4. Resident memory of web + worker, idle and under load 1.
 5. `GET /api/v1/tenants/{tenant}/executions` pages over 1,000,000 executions of 100 flows (`--only list`).
+6. Console pages (flows list, executions list, an execution, the dashboard) with 10,000 flows and
+   1,000,000 executions in one tenant (`--only pages`).
 
 Everything runs on 127.0.0.1 against real processes (`flowfuse serve` / `flowfuse worker`) over
 a fresh data directory. Figures depend on the machine; bench/README.md records measured runs.
@@ -312,7 +314,7 @@ def fill_executions(data: Path, tenant_id: str, flows: list, total: int, days: i
             conn.executemany(EXEC_SQL, (row(first + k, f, s) for k, (f, s) in enumerate(chosen)))
             conn.commit()
         newest = [r[0] for r in conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT 1000")]
-        conn.executemany(STEP_SQL, [(e, seq, tenant_id, node, node, 1, "succeeded", 1, b'[{"ok": true}]', None,
+        conn.executemany(STEP_SQL, [(e, seq, tenant_id, node, node, 1, "succeeded", 1, b'{"main": [{"ok": true}]}', None,
                                      None, 0, time.time(), time.time()) for e in newest
                                     for seq, node in enumerate(("hook", "set"))])
         conn.commit()
@@ -372,12 +374,112 @@ def bench_list(base: Path, seconds: int, total: int) -> None:
         serve.stop()
 
 
+PAGE_TAGS = ("sales", "billing", "ops", "nightly", "eu", "us", "crm", "alerts")
+
+
+def page_flows(data: Path, tenant_id: str, total: int) -> list:
+    """Bulk-insert `total` flows (half webhook, half manual; one to three of PAGE_TAGS each) into
+    flowfuse.db with the columns Catalog.save_flow writes; the flow_tags triggers index their tags."""
+    from collections import namedtuple
+
+    Row = namedtuple("Row", "id name trigger_type")
+    rng, now, rows, versions, made = random.Random(11), time.time(), [], [], []
+    for i in range(total):
+        doc = list_flow(i)
+        doc["name"] = f"flow-{i:05d}"
+        if doc["nodes"][0]["type"] == "webhook":
+            doc["nodes"][0]["params"]["path"] = f"page-{i}"
+        doc["tags"] = rng.sample(PAGE_TAGS, rng.randint(1, 3))
+        fid, definition = f"f_{i:012x}", json.dumps(doc, indent=2)
+        trigger = doc["nodes"][0]["type"]
+        path = doc["nodes"][0]["params"]["path"] if trigger == "webhook" else None
+        rows.append((fid, tenant_id, doc["name"], 1, definition, int(i % 10 == 0), trigger, path,
+                     "POST" if path else None, now, now))
+        versions.append((fid, tenant_id, 1, definition, now))
+        made.append(Row(fid, doc["name"], trigger))
+    with sqlite3.connect(data / "flowfuse.db") as conn:
+        conn.executemany("INSERT INTO flows (id, tenant_id, name, version, definition, active, trigger_type, "
+                         "webhook_path, webhook_method, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO flow_versions VALUES (?,?,?,?,?)", versions)
+    return made
+
+
+def fill_usage(data: Path) -> None:
+    """The `usage` table as the meter would have written it for the bulk-inserted rows (per tenant and UTC day)."""
+    with sqlite3.connect(data / "runs.db") as conn:
+        conn.execute("DELETE FROM usage")
+        conn.execute("INSERT INTO usage (tenant_id, day, executions, steps, bytes) SELECT tenant_id, "
+                     "date(created_at, 'unixepoch'), count(*), 0, 0 FROM executions GROUP BY 1, 2")
+        conn.execute("UPDATE usage SET steps = s.n, bytes = s.b FROM (SELECT e.tenant_id, date(e.created_at, "
+                     "'unixepoch') AS day, count(*) AS n, sum(length(st.output)) AS b FROM steps st JOIN executions e "
+                     "ON e.id = st.execution_id GROUP BY 1, 2) AS s WHERE usage.tenant_id = s.tenant_id AND "
+                     "usage.day = s.day")
+
+
+def bench_pages(base: Path, requests: int, total: int, flow_count: int = 10_000) -> None:
+    """Server-side rendering of the console's pages, timed from a client on 127.0.0.1 (one at a time)."""
+    from appliance.runtime import Runtime
+    from appliance.settings import load
+
+    data, password = base / "pages" / "data", "correct horse battery staple 9"
+    cli(data, "init", "--admin-email", "bench@example.com", env={"FLOWFUSE_ADMIN_PASSWORD": password})
+    runtime = Runtime(load(env={}, overrides={"storage.data_dir": str(data)}))
+    tenant_id = runtime.tenant_id("default")
+    runtime.close()
+    start = time.monotonic()
+    flows = page_flows(data, tenant_id, flow_count)
+    fill_executions(data, tenant_id, flows, total, days=14)
+    fill_usage(data)
+    filled = time.monotonic() - start
+    with sqlite3.connect(data / "runs.db") as conn:
+        newest = conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT 1").fetchone()[0]
+        deep = conn.execute("SELECT id FROM executions ORDER BY id DESC LIMIT 1 OFFSET ?", (total // 2,)).fetchone()[0]
+    size = (data / "runs.db").stat().st_size / 2**20
+    print(f"6. Console pages, {flow_count:,} flows and {total:,} executions over 14 days in tenant 'default' "
+          f"(runs.db {size:,.0f} MB, bulk-inserted in {filled:.0f} s), {requests} requests a page, one at a time")
+    serve = Serve(data)
+    try:
+        http = httpx.Client(base_url=serve.url, timeout=30)
+        assert http.post("/api/v1/session", json={"email": "bench@example.com", "password": password}).status_code == 201
+        busiest = flows[0].name
+        cases = [
+            ("dashboard (14 days)", "/t/default"),
+            ("dashboard (24 hours)", "/t/default?range=24h"),
+            ("flows list, first page", "/t/default/flows"),
+            ("flows list, search", "/t/default/flows?q=flow-09"),
+            ("flows list, tag and a later page", "/t/default/flows?tag=ops&after=flow-05000"),
+            ("executions list, first page", "/t/default/executions"),
+            ("executions list, deep page of one flow and status",
+             f"/t/default/executions?flow={busiest}&status=failed&before={deep}"),
+            ("execution detail", f"/t/default/executions/{newest}"),
+        ]
+        for what, path in cases:
+            times = []
+            for i in range(requests + 5):  # the first 5 warm up
+                begin = time.perf_counter()
+                r = http.get(path)
+                elapsed = (time.perf_counter() - begin) * 1000
+                if r.status_code != 200:
+                    raise SystemExit(f"GET {path} answered {r.status_code}: {r.text[:300]}")
+                if i >= 5:
+                    times.append(elapsed)
+            times.sort()
+            p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95) - 1]
+            print(f"  {what}: GET {path.split('?')[0]}{'?' + path.split('?')[1][:40] if '?' in path else ''}, "
+                  f"{len(r.content) // 1024} KB")
+            line("p95 latency", p95, "ms", "<= 100", p95 <= 100)
+            line("p50 latency", p50, "ms", "(no target)", True)
+    finally:
+        serve.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
     parser.add_argument("--flows", type=int, default=2000, help="runs of the 100-step flow")
     parser.add_argument("--executions", type=int, default=1_000_000, help="executions in runs.db for the list")
-    parser.add_argument("--only", choices=["sync", "long", "async", "list"], action="append")
+    parser.add_argument("--only", choices=["sync", "long", "async", "list", "pages"], action="append")
+    parser.add_argument("--requests", type=int, default=200, help="requests per console page (pages)")
     parser.add_argument("--checkpoint", choices=["every_step", "effects"], default="every_step",
                         help="engine.checkpoint for the 100-step flow (the target is for every_step)")
     args = parser.parse_args()
@@ -393,6 +495,8 @@ def main() -> None:
             bench_async(base, args.seconds)
         if not args.only or "list" in args.only:
             bench_list(base, args.seconds, args.executions)
+        if not args.only or "pages" in args.only:
+            bench_pages(base, args.requests, args.executions)
 
 
 if __name__ == "__main__":

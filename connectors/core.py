@@ -137,15 +137,18 @@ def _respond(ctx: NodeContext, items: list[dict]) -> list[dict]:
 
 def register(registry: Registry) -> None:
     add = registry.add
-    add(NodeType("manual", _passthrough, trigger=True, pure=True, description="Started by hand, from the CLI, API or console."))
-    add(NodeType("error_trigger", _passthrough, trigger=True, pure=True,
+    add(NodeType("manual", _passthrough, trigger=True, pure=True, label="Manual trigger", category="Triggers",
+                 description="Started by hand, from the CLI, API or console."))
+    add(NodeType("error_trigger", _passthrough, trigger=True, pure=True, category="Triggers",
                  description="Starts an error flow; its item describes the failed execution."))
-    add(NodeType("webhook", _passthrough, trigger=True, pure=True, validate=_validate_webhook, params={
+    add(NodeType("webhook", _passthrough, trigger=True, pure=True, validate=_validate_webhook, category="Triggers",
+                 params={
         "path": Param("string", required=True, expression=False, description="path under /hooks/{tenant}/"),
         "method": Param("string", default="POST", choices=HTTP_METHODS, expression=False),
         "respond": Param("string", default="when_done", choices=("when_done", "immediately"), expression=False),
     }, description="Started by an HTTP request to /hooks/{tenant}/{path}."))
-    add(NodeType("schedule", _passthrough, trigger=True, pure=True, validate=_validate_schedule, params={
+    add(NodeType("schedule", _passthrough, trigger=True, pure=True, validate=_validate_schedule, category="Triggers",
+                 params={
         "cron": Param("string", required=True, expression=False, description="cron expression, e.g. '0 9 * * 1-5'"),
         "timezone": Param("string", default="UTC", expression=False),
     }, description="Started by the worker at each time the cron expression names."))
@@ -155,9 +158,11 @@ def register(registry: Registry) -> None:
     }, description="Sets fields on each item."))
     add(NodeType("filter", _filter, pure=True, params={"condition": Param("any", required=True)},
                  description="Keeps the items for which the condition is true."))
-    add(NodeType("if", _if, pure=True, outputs=("true", "false"), params={"condition": Param("any", required=True)},
+    add(NodeType("if", _if, pure=True, outputs=("true", "false"), label="If",
+                 params={"condition": Param("any", required=True)},
                  description="Sends each item to output true or false."))
-    add(NodeType("switch", _switch, pure=True, outputs=_switch_outputs, validate=_validate_switch, params={
+    add(NodeType("switch", _switch, pure=True, outputs=_switch_outputs, outputs_from="rules", validate=_validate_switch,
+                 params={
         "rules": Param("list", required=True, description="[{condition, output}], first match wins"),
         "fallback": Param("string", expression=False, description="output for items no rule matches"),
     }, description="Routes each item to the output of the first rule it matches."))
@@ -165,7 +170,7 @@ def register(registry: Registry) -> None:
         "mode": Param("string", default="append", choices=("append", "join"), expression=False),
         "key": Param("string", expression=False),
     }, description="Waits for all its inputs and appends them, or joins two of them on a key."))
-    add(NodeType("noop", _passthrough, pure=True, description="Passes items on unchanged."))
+    add(NodeType("noop", _passthrough, pure=True, label="No-op", description="Passes items on unchanged."))
     add(NodeType("stop_and_error", _stop, pure=True, params={"message": Param("string", required=True)},
                  description="Fails the execution with a message."))
     add(NodeType("respond_to_webhook", _respond, pure=True, params={

@@ -62,16 +62,17 @@ async def _execute_flow(ctx: NodeContext, items: list[dict]) -> list[dict]:
 
 
 def register(registry: Registry) -> None:
-    registry.add(NodeType("split_in_batches", None, pure=True, outputs=("loop", "done"), params={
+    registry.add(NodeType("split_in_batches", None, pure=True, outputs=("loop", "done"), category="Flow control",
+                          params={
         "size": Param("integer", default=10, description="items per batch"),
     }, description="Runs the nodes on its 'loop' output once per batch; 'done' gets what they returned."))
-    registry.add(NodeType("wait", _wait, validate=_validate_wait, params={
+    registry.add(NodeType("wait", _wait, validate=_validate_wait, category="Flow control", params={
         "seconds": Param("number"),
         "until": Param("string", description="ISO date-time"),
         "resume": Param("string", choices=("webhook",), expression=False,
                         description="'webhook': wait until execution.resume_url is called"),
     }, description="Pauses the execution; long waits are parked in the queue, not slept."))
-    registry.add(NodeType("execute_flow", _execute_flow, params={
+    registry.add(NodeType("execute_flow", _execute_flow, category="Flow control", params={
         "flow": Param("string", required=True, description="name of the flow to call"),
         "input": Param("any", description="items for the called flow (default: this node's items)"),
     }, description="Runs another flow with these items and outputs that flow's result."))

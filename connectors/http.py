@@ -157,7 +157,8 @@ CREDENTIAL_TYPES = (
 def register(registry: Registry) -> None:
     for credential_type in CREDENTIAL_TYPES:
         registry.add_credential_type(credential_type)
-    registry.add(NodeType("http_request", _http_request, params={
+    registry.add(NodeType("http_request", _http_request, label="HTTP request", category="HTTP", credential=True,
+                          params={
         "method": Param("string", default="GET"),
         "url": Param("string", required=True),
         "query": Param("object"),

@@ -13,6 +13,12 @@ commit: after a crash they simply run again, which nobody can observe. So a comp
 effects never runs twice, and a webhook -> set -> respond run costs one commit, not four.
 `Limits.checkpoint_every_step` commits before every node instead. With the store's group commit
 each flush is shared by every run that reached a commit point at the same moment.
+
+Debugging (test runs from the console) uses the same replay: a node with pinned items, or an
+ancestor of a partial run's first node (`Run.given`), is recorded as a succeeded step with that
+output and an `origin` instead of running; once recorded it replays like any other step. In step
+mode the run parks (status waiting, `Finish.paused_at` = the next node to run) before each node
+once a node has run, so `continue` (a resume) runs exactly one more node.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ class Outcome:
     #: Set by respond_to_webhook: {"status", "headers", "body"}.
     response: dict[str, Any] | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    #: Step mode: the node the run parked before.
+    paused_at: str | None = None
 
 
 @dataclass
@@ -83,6 +91,17 @@ class Run:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: Set by whoever cancels the run before cancelling its task.
     cancel_requested: bool = False
+    #: Test runs only. Pinned items by node id: such a node does not run, its first output gets them.
+    pins: Mapping[str, list[dict]] = field(default_factory=dict)
+    #: Partial runs: node id -> (origin, outputs, input count) of nodes that do not run but whose
+    #: output the nodes that run need; recorded as they are reached, whatever their inputs.
+    given: Mapping[str, tuple[str, dict[str, list[dict]], int]] = field(default_factory=dict)
+    #: Nodes that neither run nor are given (a partial run's nodes off its path).
+    skip: frozenset[str] = frozenset()
+    #: Park before each node once one node has run (see the module docstring).
+    step_mode: bool = False
+    #: Commit every step before the next node starts (test runs stream their steps).
+    checkpoint_every_step: bool = False
 
 
 @dataclass
@@ -96,8 +115,8 @@ class Limits:
 
 
 class _Park(Exception):
-    def __init__(self, resume_at: float | None):
-        self.resume_at = resume_at
+    def __init__(self, resume_at: float | None, paused_at: str | None = None):
+        self.resume_at, self.paused_at = resume_at, paused_at
 
 
 class _Failed(Exception):
@@ -218,6 +237,8 @@ class _State:
             if step.status == RETRY:
                 self.retried[step.key] = step.attempt
         self.next_seq = run.steps[-1].seq + 1 if run.steps else 0
+        #: A node ran (not replayed, pinned or given) in this invocation: step mode parks before the next.
+        self.ran = False
         timeout = run.flow.timeout_s
         self.deadline = run.started_at + timeout if timeout else math.inf
         self.execution_info = _ExecutionInfo(run, services)
@@ -235,7 +256,7 @@ class Executor:
         try:
             await self._run_nodes(state, run.flow.order, owner=None, scope="")
         except _Park as park:
-            return await self._finish(state, Outcome(WAITING, resume_at=park.resume_at))
+            return await self._finish(state, Outcome(WAITING, resume_at=park.resume_at, paused_at=park.paused_at))
         except _Failed as failed:
             error = {"node": failed.node, "message": failed.message}
             return await self._finish(state, Outcome(FAILED, error=error))
@@ -251,7 +272,7 @@ class Executor:
     async def _finish(self, state: _State, outcome: Outcome) -> Outcome:
         outcome.response = state.response
         output_json = _encode(outcome.output) if outcome.status == SUCCEEDED else None
-        finish = Finish(outcome.status, output_json, outcome.error, outcome.resume_at)
+        finish = Finish(outcome.status, output_json, outcome.error, outcome.resume_at, outcome.paused_at)
         steps, state.pending = state.pending, []
         await self.store.commit(state.run.ref, steps, finish)
         outcome.steps = [state.done[k] for k in state.order if k in state.done]
@@ -271,9 +292,14 @@ class Executor:
 
     async def _run_nodes(self, state: _State, order: list[str], owner: str | None, scope: str) -> None:
         flow = state.run.flow
+        run = state.run
         for nid in order:
             node = flow.nodes[nid]
-            if node.loop_owner != owner:
+            if node.loop_owner != owner or nid in run.skip:
+                continue
+            if nid in run.given:
+                origin, outputs, count = run.given[nid]
+                state.outputs[nid] = self._record_given(state, node, scope, origin, outputs, count)
                 continue
             if node is flow.trigger:
                 inputs = [state.run.trigger_items]
@@ -283,10 +309,27 @@ class Executor:
                     state.outputs.pop(nid, None)
                     continue  # a branch that receives no items stops here
             items = inputs[0] if len(inputs) == 1 else [i for part in inputs for i in part]
-            if node.body:
+            if nid in run.pins:
+                state.outputs[nid] = self._record_given(state, node, scope, "pinned",
+                                                        pinned_outputs(node, run.pins[nid]), len(items))
+            elif node.body:
                 await self._run_loop(state, node, items, scope)
             else:
                 state.outputs[nid] = await self._run_step(state, node, items, inputs, scope)
+
+    def _record_given(self, state: _State, node: Node, scope: str, origin: str, outputs: dict[str, list[dict]],
+                      input_count: int) -> dict[str, list[dict]]:
+        """A node that does not run: its step is recorded with the given output (or replayed, if it was)."""
+        key = scope + node.id
+        prev = state.done.get(key)
+        if prev is not None and prev.status == SUCCEEDED and not prev.truncated:
+            state.order[key] = None
+            return _decode(prev.outputs_json)
+        now = time.time()
+        encoded = _encode(outputs)
+        self._record(state, StepRecord(key, node.id, 1, SUCCEEDED, input_count, now, now, outputs_json=encoded,
+                                       origin=origin))
+        return _decode(encoded)
 
     async def _run_loop(self, state: _State, node: Node, items: list[dict], scope: str) -> None:
         finished = state.done.get(scope + node.id)
@@ -332,7 +375,11 @@ class Executor:
                 attempt = prev.attempt + 1  # a new attempt number: a new idempotency key
             else:
                 attempt = prev.attempt
-        if not node.spec.pure or self.limits.checkpoint_every_step:
+        if result is None and state.run.step_mode:
+            if state.ran:
+                raise _Park(None, paused_at=node.id)  # the steps so far are committed with the park
+            state.ran = True
+        if not node.spec.pure or self.limits.checkpoint_every_step or state.run.checkpoint_every_step:
             await self._flush(state)  # what came before is durable before this node acts on the world
         credential = self._credential(state, node) if node.credential else None
         while True:
@@ -456,6 +503,12 @@ class Executor:
         await self._flush(state)
         return self._succeed(state, node, key, prev.attempt, prev.input_count, prev.started_at,
                              {"main": posted}, None)
+
+
+def pinned_outputs(node: Node, items: list[dict]) -> dict[str, list[dict]]:
+    """Pinned items go out on the node's first output ('done' for a loop: its body does not run)."""
+    name = "done" if node.body else node.spec.output_names(node.raw_params)[0]
+    return {name: items}
 
 
 def backoff_delay(base: float, cap: float, attempt: int) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 from .expressions import Compiled, ExpressionError, compile_value
 from .nodes import NodeType, Registry
 
-FLOW_KEYS = {"name", "nodes", "edges", "settings", "description"}
+FLOW_KEYS = {"name", "nodes", "edges", "settings", "description", "tags"}
 NODE_KEYS = {"id", "type", "params", "credential", "retry", "timeout_s", "on_error", "name", "position", "notes"}
 EDGE_KEYS = {"from", "to", "output"}
 SETTINGS_KEYS = {"error_flow", "timeout_s"}
@@ -189,6 +189,10 @@ def compile_flow(doc: Any, registry: Registry, *, require_trigger: bool = True) 
         errors.append(ValidationError(None, "settings.timeout_s must be a number of seconds above 0"))
     if "error_flow" in settings and not (isinstance(settings["error_flow"], str) and settings["error_flow"]):
         errors.append(ValidationError(None, "settings.error_flow must be the name of a flow"))
+    tags = doc.get("tags", [])
+    if not (isinstance(tags, list) and all(isinstance(t, str) and t.strip() and len(t) <= 50 for t in tags)):
+        errors.append(ValidationError(None, "tags must be a list of short strings (1 to 50 characters each), "
+                                            'e.g. "tags": ["sales", "nightly"]'))
 
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -346,3 +350,33 @@ def _analyse_graph(nodes: dict[str, Node], edges: list[tuple[str, str, str]], er
         if not n.spec.trigger and not n.inputs and n.loop_owner is None:
             errors.append(ValidationError(nid, "is not connected: no edge leads to it"))
     return order
+
+
+def descendants(flow: Flow, node_id: str) -> set[str]:
+    """Every node reachable from `node_id` along forward edges (not itself; loop back edges are not
+    followed, a loop node's body counts as downstream of it)."""
+    succ: dict[str, list[str]] = {nid: [] for nid in flow.nodes}
+    for nid, node in flow.nodes.items():
+        for src, _ in node.inputs:
+            succ[src].append(nid)
+    found: set[str] = set()
+    stack = list(succ[node_id])
+    while stack:
+        cur = stack.pop()
+        if cur not in found and cur != node_id:
+            found.add(cur)
+            stack.extend(succ[cur])
+    return found
+
+
+def ancestors(flow: Flow, node_ids: set[str] | list[str]) -> set[str]:
+    """Every node from which one of `node_ids` is reachable along forward edges (none of them)."""
+    start = set(node_ids)
+    found: set[str] = set()
+    stack = [src for nid in start for src, _ in flow.nodes[nid].inputs]
+    while stack:
+        cur = stack.pop()
+        if cur not in found and cur not in start:
+            found.add(cur)
+            stack.extend(src for src, _ in flow.nodes[cur].inputs)
+    return found

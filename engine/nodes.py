@@ -89,10 +89,19 @@ class NodeType:
     #: A check of the literal params beyond their kinds; returns error messages.
     validate: Callable[[Mapping[str, Any]], list[str]] | None = None
     description: str = ""
+    #: What the console's node palette shows: a name for people (default: from `type`) and its group.
+    label: str = ""
+    category: str = "Core"
+    #: For outputs given as a function: the param whose value names them (switch: "rules").
+    outputs_from: str | None = None
+    #: The node authenticates with a credential (`"credential": name` in flow JSON).
+    credential: bool = False
     is_async: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.is_async = self.run is not None and inspect.iscoroutinefunction(self.run)
+        if not self.label:
+            self.label = self.type.replace("_", " ").capitalize()
 
     def output_names(self, params: Mapping[str, Any]) -> tuple[str, ...]:
         if callable(self.outputs):

@@ -39,6 +39,9 @@ class StepRecord:
     truncated: bool = False
     #: Position among the execution's step records (set by the executor when recorded).
     seq: int = 0
+    #: None for a node that ran; "pinned" (a test run used the flow's pinned items) or "replayed"
+    #: (a partial run took the output of an earlier execution) for a node that did not run.
+    origin: str | None = None
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Finish:
     output_json: bytes | None = None
     error: dict[str, Any] | None = None
     resume_at: float | None = None
+    #: A step-mode run parked before this node (the next one to run), waiting for `continue`.
+    paused_at: str | None = None
 
 
 @dataclass

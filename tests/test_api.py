@@ -99,8 +99,9 @@ def test_no_route_gives_tenant_a_anything_of_tenant_b(api, admin):
     b_key = new_key(admin, b, "owner")
     key_id = Client(api.url, b_key).get("/me").json()["id"]
     invitation = admin.post(f"/tenants/{b}/invitations", json={"email": "dora@example.com", "role": "viewer"}).json()
-    values = {"tenant": b, "name": "manual", "execution_id": run["execution_id"], "credential_id": cred["id"],
-              "key_id": key_id, "user_id": carol_id, "version": 1, "invitation_id": invitation["id"]}
+    values = {"tenant": b, "name": "manual", "node_id": "mark", "execution_id": run["execution_id"],
+              "credential_id": cred["id"], "key_id": key_id, "user_id": carol_id, "version": 1,
+              "invitation_id": invitation["id"]}
 
     alice_session = Client(api.url)
     assert alice_session.sign_in(alice).status_code == 201
@@ -129,8 +130,9 @@ def test_each_role_is_refused_what_the_permission_table_refuses(api, admin):
     t = new_tenant(admin)
     assert admin.post(f"/tenants/{t}/flows", json=MANUAL_FLOW).status_code == 201
     run = admin.post(f"/tenants/{t}/flows/manual/run", json={}).json()
-    values = {"tenant": t, "name": "manual", "execution_id": run["execution_id"], "credential_id": "c_none",
-              "key_id": "k_none", "user_id": "u_none", "version": 1, "invitation_id": "i_none"}
+    values = {"tenant": t, "name": "manual", "node_id": "mark", "execution_id": run["execution_id"],
+              "credential_id": "c_none", "key_id": "k_none", "user_id": "u_none", "version": 1,
+              "invitation_id": "i_none"}
     for role in ROLES:
         caller = Client(api.url, new_key(admin, t, role))
         for method, path, permission in _tenant_routes():

@@ -224,19 +224,13 @@ def list_variables(request: Request, principal: Principal, access: Access, tenan
      opt={"permission": "variables.write"})
 def set_variable(request: Request, principal: Principal, access: Access,
                  tenant: str, name: str, data: VariableIn) -> dict:
-    if not name.isidentifier():
-        raise Invalid("name", "use letters, digits and underscores, not starting with a digit")
-    runtime_of(request).catalog.set_variable(access.tenant_id, name, data.value)
-    audit(request, principal, "variable.set", tenant_id=access.tenant_id, target_type="variable", target_id=name)
-    return {"name": name, "value": data.value}
+    return store_variable(request, principal, access, name, data.value)
 
 
 @delete("/tenants/{tenant:str}/variables/{name:str}", sync_to_thread=True, status_code=204,
         summary="Delete a variable", opt={"permission": "variables.write"})
 def delete_variable(request: Request, principal: Principal, access: Access, tenant: str, name: str) -> None:
-    if not runtime_of(request).catalog.delete_variable(access.tenant_id, name):
-        raise NotFound(f"no variable {name!r}")
-    audit(request, principal, "variable.delete", tenant_id=access.tenant_id, target_type="variable", target_id=name)
+    remove_variable(request, principal, access, name)
 
 
 @get("/tenants/{tenant:str}/credentials", sync_to_thread=True,
@@ -250,11 +244,7 @@ def list_credentials(request: Request, principal: Principal, access: Access, ten
       summary="Create or replace a credential (its values are write-only)", opt={"permission": "credentials.write"})
 def put_credential(request: Request, principal: Principal, access: Access,
                    tenant: str, data: CredentialIn) -> Response[dict]:
-    vault = runtime_of(request).vault
-    cid = vault.put(access.tenant_id, data.name, data.type, data.data)
-    audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
-          details={"name": data.name, "type": data.type, "fields": sorted(data.data)})
-    return Response(vault.describe(access.tenant_id, cid), status_code=201)
+    return Response(store_credential(request, principal, access, data.name, data.type, data.data), status_code=201)
 
 
 @patch("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True,
@@ -262,10 +252,7 @@ def put_credential(request: Request, principal: Principal, access: Access,
        opt={"permission": "credentials.write"})
 def update_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str,
                       data: CredentialPatch) -> dict:
-    meta = runtime_of(request).vault.update(access.tenant_id, credential_id, name=data.name, data=data.data)
-    audit(request, principal, "credential.update", tenant_id=access.tenant_id, target_type="credential",
-          target_id=credential_id, details={"name": meta["name"], "fields": sorted(data.data or {})})
-    return meta
+    return change_credential(request, principal, access, credential_id, data.name, data.data)
 
 
 @post("/tenants/{tenant:str}/credentials/{credential_id:str}/test", sync_to_thread=True, status_code=200,
@@ -273,16 +260,60 @@ def update_credential(request: Request, principal: Principal, access: Access, te
       opt={"permission": "credentials.write"})
 def test_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str,
                     data: CredentialTest) -> dict:
-    result = runtime_of(request).try_credential(access.tenant_id, credential_id, data.url)
-    audit(request, principal, "credential.test", tenant_id=access.tenant_id, target_type="credential",
-          target_id=credential_id, outcome="ok" if result["ok"] else "failed",
-          details={"url": data.url, "status": result.get("status")})
-    return result
+    return try_credential(request, principal, access, credential_id, data.url)
 
 
 @delete("/tenants/{tenant:str}/credentials/{credential_id:str}", sync_to_thread=True, status_code=204,
         summary="Delete a credential", opt={"permission": "credentials.write"})
 def delete_credential(request: Request, principal: Principal, access: Access, tenant: str, credential_id: str) -> None:
+    remove_credential(request, principal, access, credential_id)
+
+
+# -- what the API handlers and the console pages both do (each state change audited here, once) ----------------
+def store_variable(request: Request, principal: Principal, access: Access, name: str, value: Any) -> dict[str, Any]:
+    if not name.isidentifier():
+        raise Invalid("name", "use letters, digits and underscores, not starting with a digit")
+    runtime_of(request).catalog.set_variable(access.tenant_id, name, value)
+    audit(request, principal, "variable.set", tenant_id=access.tenant_id, target_type="variable", target_id=name)
+    return {"name": name, "value": value}
+
+
+def remove_variable(request: Request, principal: Principal, access: Access, name: str) -> None:
+    if not runtime_of(request).catalog.delete_variable(access.tenant_id, name):
+        raise NotFound(f"no variable {name!r}")
+    audit(request, principal, "variable.delete", tenant_id=access.tenant_id, target_type="variable", target_id=name)
+
+
+def store_credential(request: Request, principal: Principal, access: Access, name: str, type_: str,
+                     data: dict[str, str]) -> dict[str, Any]:
+    """Create or replace a credential; returns what may be shown of it (never a value)."""
+    vault = runtime_of(request).vault
+    cid = vault.put(access.tenant_id, name, type_, data)
+    audit(request, principal, "credential.set", tenant_id=access.tenant_id, target_type="credential", target_id=cid,
+          details={"name": name, "type": type_, "fields": sorted(data)})
+    return vault.describe(access.tenant_id, cid)
+
+
+def change_credential(request: Request, principal: Principal, access: Access, credential_id: str,
+                      name: str | None, data: dict[str, str | None] | None) -> dict[str, Any]:
+    """Rename a credential and/or set some fields (None removes one); the others keep their values."""
+    meta = runtime_of(request).vault.update(access.tenant_id, credential_id, name=name, data=data)
+    audit(request, principal, "credential.update", tenant_id=access.tenant_id, target_type="credential",
+          target_id=credential_id, details={"name": meta["name"], "fields": sorted(data or {})})
+    return meta
+
+
+def try_credential(request: Request, principal: Principal, access: Access, credential_id: str,
+                   url: str) -> dict[str, Any]:
+    """GET `url` with the credential: {"ok", "status"} or {"ok": False, "message"}; audited with its outcome."""
+    result = runtime_of(request).try_credential(access.tenant_id, credential_id, url)
+    audit(request, principal, "credential.test", tenant_id=access.tenant_id, target_type="credential",
+          target_id=credential_id, outcome="ok" if result["ok"] else "failed",
+          details={"url": url, "status": result.get("status")})
+    return result
+
+
+def remove_credential(request: Request, principal: Principal, access: Access, credential_id: str) -> None:
     if not runtime_of(request).vault.delete(access.tenant_id, credential_id):
         raise NotFound(f"no credential {credential_id!r}")
     audit(request, principal, "credential.delete", tenant_id=access.tenant_id, target_type="credential",

@@ -202,13 +202,7 @@ def list_invitations(request: Request, access: Access, tenant: str) -> list[dict
 @post("/tenants/{tenant:str}/invitations", sync_to_thread=True,
       summary="Invite someone by email; the link is in this response only", opt={"permission": "members.manage"})
 def invite(request: Request, principal: Principal, access: Access, tenant: str, data: InviteIn) -> Response[dict]:
-    rt = runtime_of(request)
-    meta, token = rt.identity.invite(access, principal, data.email, data.role)
-    audit(request, principal, "invitation.create", tenant_id=access.tenant_id, target_type="invitation",
-          target_id=meta["id"], details={"email": meta["email"], "role": meta["role"]})
-    link = f"{rt.settings.base_url}/invitations/{token}"
-    mailed = _mail(rt, mail.invitation, meta["email"], access.tenant["name"], meta["role"], link, principal.label)
-    return Response({**meta, "token": token, "link": link, **mailed}, status_code=201,
+    return Response(send_invitation(request, principal, access, data.email, data.role), status_code=201,
                     headers={"cache-control": "no-store"})
 
 
@@ -216,9 +210,7 @@ def invite(request: Request, principal: Principal, access: Access, tenant: str, 
         summary="Withdraw an invitation", opt={"permission": "members.manage"})
 def withdraw_invitation(request: Request, principal: Principal, access: Access, tenant: str,
                         invitation_id: str) -> None:
-    runtime_of(request).identity.revoke_invitation(access.tenant_id, invitation_id)
-    audit(request, principal, "invitation.revoke", tenant_id=access.tenant_id, target_type="invitation",
-          target_id=invitation_id)
+    revoke_invitation(request, principal, access, invitation_id)
 
 
 @post("/invitations/{token:str}/accept", sync_to_thread=True, status_code=200,
@@ -238,22 +230,16 @@ def accept_invitation(request: Request, token: str, data: AcceptIn) -> dict:
 
 @post("/users", sync_to_thread=True, summary="Create a user (instance admins)", opt={"admin": "creating a user"})
 def create_user(request: Request, principal: Principal, data: UserIn) -> Response[dict]:
-    user = runtime_of(request).identity.create_user(data.email, data.password, name=data.name, is_admin=data.is_admin)
-    audit(request, principal, "user.create", target_type="user", target_id=user["id"],
-          details={"email": user["email"], "is_admin": bool(user["is_admin"])})
-    return Response(user, status_code=201)
+    return Response(add_user(request, principal, data.email, data.password, data.name, data.is_admin),
+                    status_code=201)
 
 
 @post("/users/{user_id:str}/password-reset", sync_to_thread=True, status_code=201,
       summary="Make a one-use password reset link for a person (instance admins)",
       opt={"admin": "resetting a password"})
 def start_password_reset(request: Request, principal: Principal, user_id: str) -> Response[dict]:
-    rt = runtime_of(request)
-    token = rt.identity.start_password_reset(user_id)
-    link = f"{rt.settings.base_url}/password-reset/{token}"
-    audit(request, principal, "user.password_reset_link", target_type="user", target_id=user_id)
-    mailed = _mail(rt, mail.password_reset, rt.identity.user(user_id)["email"], link)
-    return Response({"token": token, "link": link, **mailed}, status_code=201, headers={"cache-control": "no-store"})
+    return Response(password_reset_link(request, principal, user_id), status_code=201,
+                    headers={"cache-control": "no-store"})
 
 
 @post("/password-reset", sync_to_thread=True, status_code=202, opt={"public": True},
@@ -283,6 +269,43 @@ def reset_password(request: Request, token: str, data: PasswordIn) -> dict:
     audit(request, Principal("user", user["id"], user["email"]), "user.password_reset", target_type="user",
           target_id=user["id"])
     return {"user": user}
+
+
+# -- what the API handlers and the console pages both do (each state change audited here, once) ----------------
+def send_invitation(request: Request, principal: Principal, access: Access, email: str, role: str) -> dict[str, Any]:
+    """Invite someone: the invitation, its token and link (shown this once) and whether it was mailed."""
+    rt = runtime_of(request)
+    meta, token = rt.identity.invite(access, principal, email, role)
+    audit(request, principal, "invitation.create", tenant_id=access.tenant_id, target_type="invitation",
+          target_id=meta["id"], details={"email": meta["email"], "role": meta["role"]})
+    link = f"{rt.settings.base_url}/invitations/{token}"
+    mailed = _mail(rt, mail.invitation, meta["email"], access.tenant["name"], meta["role"], link, principal.label)
+    return {**meta, "token": token, "link": link, **mailed}
+
+
+def revoke_invitation(request: Request, principal: Principal, access: Access, invitation_id: str) -> None:
+    runtime_of(request).identity.revoke_invitation(access.tenant_id, invitation_id)
+    audit(request, principal, "invitation.revoke", tenant_id=access.tenant_id, target_type="invitation",
+          target_id=invitation_id)
+
+
+def add_user(request: Request, principal: Principal, email: str, password: str, name: str = "",
+             is_admin: bool = False) -> dict[str, Any]:
+    """Create a user (the callers check that `principal` is an instance admin)."""
+    user = runtime_of(request).identity.create_user(email, password, name=name, is_admin=is_admin)
+    audit(request, principal, "user.create", target_type="user", target_id=user["id"],
+          details={"email": user["email"], "is_admin": bool(user["is_admin"])})
+    return user
+
+
+def password_reset_link(request: Request, principal: Principal, user_id: str) -> dict[str, Any]:
+    """A one-use reset link for a person (instance admins): its token and link, shown once, and whether it was mailed."""
+    rt = runtime_of(request)
+    token = rt.identity.start_password_reset(user_id)
+    link = f"{rt.settings.base_url}/password-reset/{token}"
+    audit(request, principal, "user.password_reset_link", target_type="user", target_id=user_id)
+    mailed = _mail(rt, mail.password_reset, rt.identity.user(user_id)["email"], link)
+    return {"token": token, "link": link, **mailed}
 
 
 def _mail(rt: Runtime, compose, to: str, *args: Any) -> dict[str, Any]:
