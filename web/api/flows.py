@@ -112,15 +112,15 @@ def list_versions(request: Request, principal: Principal, access: Access, tenant
 @get("/tenants/{tenant:str}/flows/{name:str}/versions/{version:int}", sync_to_thread=True,
      summary="One saved version of a flow", opt={"permission": "flows.read"})
 def get_version(request: Request, principal: Principal, access: Access, tenant: str, name: str, version: int) -> dict:
-    return {"name": name, "version": version, "definition": _version(request, access, name, version)}
+    return {"name": name, "version": version, "definition": definition_of(request, access, name, version)}
 
 
 @get("/tenants/{tenant:str}/flows/{name:str}/diff", sync_to_thread=True,
      summary="Unified diff between two versions of a flow", opt={"permission": "flows.read"})
 def diff_versions(request: Request, principal: Principal, access: Access, tenant: str, name: str,
                   from_: int = QueryParameter(name="from", ge=1), to: int = Parameter(ge=1)) -> dict:
-    a = json.dumps(_version(request, access, name, from_), indent=2, sort_keys=True).splitlines()
-    b = json.dumps(_version(request, access, name, to), indent=2, sort_keys=True).splitlines()
+    a = json.dumps(definition_of(request, access, name, from_), indent=2, sort_keys=True).splitlines()
+    b = json.dumps(definition_of(request, access, name, to), indent=2, sort_keys=True).splitlines()
     diff = difflib.unified_diff(a, b, f"{name} v{from_}", f"{name} v{to}", lineterm="")
     return {"name": name, "from": from_, "to": to, "diff": "\n".join(diff)}
 
@@ -129,7 +129,7 @@ def diff_versions(request: Request, principal: Principal, access: Access, tenant
       status_code=200, summary="Save an old version again as the newest one", opt={"permission": "flows.write"})
 def restore_version(request: Request, principal: Principal, access: Access,
                     tenant: str, name: str, version: int) -> dict:
-    row = runtime_of(request).catalog.save_flow(access.tenant_id, _version(request, access, name, version))
+    row = runtime_of(request).catalog.save_flow(access.tenant_id, definition_of(request, access, name, version))
     audit(request, principal, "flow.restore", tenant_id=access.tenant_id, target_type="flow", target_id=row.id,
           details={"name": name, "restored": version, "version": row.version})
     return _flow_view(row, definition=True)
@@ -330,7 +330,7 @@ def _flow_view(row, definition: bool = False) -> dict[str, Any]:
     return view
 
 
-def _version(request: Request, access: Access, name: str, version: int) -> dict[str, Any]:
+def definition_of(request: Request, access: Access, name: str, version: int) -> dict[str, Any]:
     rt = runtime_of(request)
     row = rt.catalog.flow(access.tenant_id, name)
     found = rt.control.one("SELECT definition FROM flow_versions WHERE flow_id=? AND tenant_id=? AND version=?",

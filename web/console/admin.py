@@ -17,14 +17,14 @@ from litestar import Request, get, post
 from litestar.response import Redirect, Template
 
 from appliance.catalog import NotFound
-from appliance.identity import Forbidden, Identity, Invalid, Principal
+from appliance.identity import Identity, Invalid, Principal
 from appliance.runtime import Runtime
 
 from ..api.base import check_access, runtime_of
 from ..api.people import add_user, password_reset_link
 from ..api.tenants import add_tenant, change_tenant, remove_tenant
-from .base import Form, SignInFirst, page, person_of
-from .manage import ACTION_ERRORS, back, no_store, said, status_of
+from .base import Form, SignInFirst, message, page, person_of, poster, status_of
+from .manage import ACTION_ERRORS, back, no_store
 
 
 def admin(request: Request, what: str = "the instance pages") -> Principal:
@@ -37,9 +37,7 @@ def admin(request: Request, what: str = "the instance pages") -> Principal:
 
 
 def acting_admin(request: Request, data: dict[str, str], what: str) -> Principal:
-    person = person_of(request)
-    if person is None or data.get("csrf") != person.csrf:
-        raise Forbidden("sign in again: the form's token does not match your session")
+    person = poster(request, data)
     Identity.require_admin(person, what)
     return person
 
@@ -103,7 +101,7 @@ def create_tenant(request: Request, data: Form) -> Template | Redirect:
     try:
         add_tenant(request, person, data.get("slug", "").strip(), data.get("name", "").strip() or None)
     except ACTION_ERRORS as exc:
-        return _tenants(request, person, status_of(exc), error=said(exc), slug=data.get("slug", ""),
+        return _tenants(request, person, status_of(exc), error=message(exc), slug=data.get("slug", ""),
                         entered_name=data.get("name", ""))
     return back("/admin/tenants", done="created")
 
@@ -129,7 +127,7 @@ def tenant_action(request: Request, tenant: str, action: str, data: Form) -> Tem
         else:
             change_tenant(request, person, access, status="suspended" if action == "suspend" else "active")
     except ACTION_ERRORS as exc:
-        return _tenants(request, person, status_of(exc), error=said(exc))
+        return _tenants(request, person, status_of(exc), error=message(exc))
     return back("/admin/tenants", done={"rename": "renamed", "suspend": "suspended", "resume": "resumed"}[action])
 
 
@@ -158,7 +156,7 @@ def create_user(request: Request, data: Form) -> Template | Redirect:
         add_user(request, person, email, data.get("password", ""), data.get("name", "").strip(),
                  data.get("is_admin") == "on")
     except ACTION_ERRORS as exc:
-        return _users(request, person, status_of(exc), error=said(exc), email=email,
+        return _users(request, person, status_of(exc), error=message(exc), email=email,
                       entered_name=data.get("name", ""))
     return back("/admin/users", done="created")
 
@@ -170,7 +168,7 @@ def reset_link(request: Request, user_id: str, data: Form) -> Template:
     try:
         made = password_reset_link(request, person, user_id)
     except ACTION_ERRORS as exc:
-        return _users(request, person, status_of(exc), error=said(exc))
+        return _users(request, person, status_of(exc), error=message(exc))
     made["email"] = runtime_of(request).identity.user(user_id)["email"]
     return no_store(_users(request, person, 201, reset=made))
 

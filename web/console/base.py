@@ -99,6 +99,32 @@ def workspace(request: Request, tenant: str, permission: str) -> tuple[Principal
     return person, check_access(request, person, tenant, permission)  # the API's guard: refusals are audited
 
 
+def poster(request: Request, data: dict[str, Any]) -> Principal:
+    """The signed-in person behind a form post, whose form carries their session's CSRF token."""
+    person = person_of(request)
+    if person is None or data.get("csrf") != person.csrf:
+        raise Forbidden("sign in again: the form's token does not match your session")
+    return person
+
+
+def acting(request: Request, tenant: str, permission: str, data: dict[str, Any]) -> tuple[Principal, Access]:
+    """The person behind a workspace form post and their access: the form's token first, then the
+    guard (whose refusals are audited)."""
+    person = poster(request, data)
+    return person, check_access(request, person, tenant, permission)
+
+
+def status_of(exc: Exception) -> int:
+    """The status of a form that comes back with its error, as the API would answer."""
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    return 422
+
+
 def workspace_page(request: Request, name: str, person: Principal, access: Access, **context: Any) -> Template:
     """A page inside a workspace: the nav (tabs, the switcher of the person's workspaces) and `may`,
     the permissions of the person's role there, which templates use to hide controls the role may

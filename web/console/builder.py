@@ -17,11 +17,11 @@ from litestar import Request, get, post
 from litestar.response import Redirect, Template
 
 from appliance.catalog import NotFound
-from appliance.identity import PERMISSIONS, Access, Forbidden, role_at_least
+from appliance.identity import PERMISSIONS, Access, role_at_least
 
-from ..api.base import audit, check_access, runtime_of
-from ..api.flows import _version
-from .base import Form, person_of, workspace, workspace_page
+from ..api.base import audit, runtime_of
+from ..api.flows import definition_of
+from .base import Form, acting, workspace, workspace_page
 
 #: What a new flow's name may look like in the URL of /flows/new?name=... (the API checks again on save).
 _NAME = re.compile(r"^[\w.\- ]{1,100}$")
@@ -80,20 +80,17 @@ def _executed_definition(request: Request, access: Access, execution_id: str,
     if not shown.get("flow_version"):
         return None
     try:
-        return _version(request, access, shown["flow"], shown["flow_version"])
+        return definition_of(request, access, shown["flow"], shown["flow_version"])
     except NotFound:
         return None
 
 
 @post("/t/{tenant:str}/executions/{execution_id:str}/{action:str}", sync_to_thread=True, status_code=200)
 def execution_action(request: Request, tenant: str, execution_id: str, action: str, data: Form) -> Redirect:
-    person = person_of(request)
-    if person is None or data.get("csrf") != person.csrf:
-        raise Forbidden("sign in again: the form's token does not match your session")
     if action not in ("retry", "cancel"):
         raise NotFound(f"no action {action!r}")
     rt = runtime_of(request)
-    access = check_access(request, person, tenant, f"executions.{action}")
+    person, access = acting(request, tenant, f"executions.{action}", data)
     if rt.runs.show(execution_id, access.tenant_id) is None:
         raise NotFound(f"no execution {execution_id!r} in this workspace")
     if action == "cancel":

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from litestar import Request, Response, get, post
 from litestar.response import Redirect, Template
 
-from appliance.catalog import Conflict, NotFound
+from appliance.catalog import NotFound
 from appliance.identity import (
     PERMISSIONS,
     ROLES,
@@ -54,7 +54,7 @@ from ..api.tenants import (
     end_key,
     make_key,
 )
-from .base import FORM_ERRORS, Form, person_of, workspace, workspace_page
+from .base import FORM_ERRORS, Form, acting, message, status_of, workspace, workspace_page
 
 #: What may go wrong in an action because of what was asked (shown at the form, never a 500): the
 #: stores' and the vault's ValueErrors, and a rule of the role (admins cannot grant owner) as Forbidden.
@@ -62,29 +62,6 @@ ACTION_ERRORS = (*FORM_ERRORS, ValueError, Forbidden)
 #: How many "other field" rows the form of a credential type without a fixed schema (generic) offers.
 EXTRA_ROWS = 3
 AUDIT_PAGE = 50
-
-
-def acting(request: Request, tenant: str, permission: str, data: dict[str, str]) -> tuple[Principal, Access]:
-    """The person behind a form post and their access: the form's CSRF token first, then the guard."""
-    person = person_of(request)
-    if person is None or data.get("csrf") != person.csrf:
-        raise Forbidden("sign in again: the form's token does not match your session")
-    return person, check_access(request, person, tenant, permission)
-
-
-def said(exc: Exception) -> str:
-    """What went wrong, for the form: the field's message, or the error's text as the API's `detail` has it."""
-    return exc.message if isinstance(exc, Invalid) else str(exc)
-
-
-def status_of(exc: Exception) -> int:
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    return 422
 
 
 def render(request: Request, template_name: str, person: Principal, access: Access, status_code: int = 200,
@@ -170,7 +147,7 @@ def create_credential(request: Request, tenant: str, data: Form) -> Template | R
         store_credential(request, person, access, name, spec.name, _form_data(spec, data, False))
     except ACTION_ERRORS as exc:
         kept = {f: data.get(f"field.{f}", "") for f, s in (spec.fields.items() if spec else []) if not s.secret}
-        return _credentials(request, person, access, status_of(exc), type_=data.get("type"), error=said(exc),
+        return _credentials(request, person, access, status_of(exc), type_=data.get("type"), error=message(exc),
                             entered_name=name, values=kept)
     return back(f"/t/{tenant}/credentials", done="saved")
 
@@ -234,7 +211,7 @@ def credential_action(request: Request, tenant: str, credential_id: str, action:
             raise
         raise NotFound(str(exc).strip("'\"")) from None
     except ACTION_ERRORS as exc:
-        return _credential(request, person, access, credential_id, status_of(exc), error=said(exc),
+        return _credential(request, person, access, credential_id, status_of(exc), error=message(exc),
                            url=data.get("url", ""))
     return back(here, done="saved")
 
@@ -272,7 +249,7 @@ def set_variable(request: Request, tenant: str, data: Form) -> Template | Redire
     try:
         store_variable(request, person, access, name, variable_value(data.get("value", ""), data.get("kind", "")))
     except ACTION_ERRORS as exc:
-        return _variables(request, person, access, status_of(exc), error=said(exc), entered_name=name,
+        return _variables(request, person, access, status_of(exc), error=message(exc), entered_name=name,
                           value=data.get("value", ""), kind=data.get("kind", ""))
     return back(f"/t/{tenant}/variables", done="set")
 
@@ -283,7 +260,7 @@ def delete_variable(request: Request, tenant: str, name: str, data: Form) -> Tem
     try:
         remove_variable(request, person, access, name)
     except ACTION_ERRORS as exc:
-        return _variables(request, person, access, status_of(exc), error=said(exc))
+        return _variables(request, person, access, status_of(exc), error=message(exc))
     return back(f"/t/{tenant}/variables", done="deleted")
 
 
@@ -327,7 +304,7 @@ def member_action(request: Request, tenant: str, user_id: str, action: str, data
         else:
             drop_member(request, person, access, user_id)
     except ACTION_ERRORS as exc:
-        return _members(request, person, access, status_of(exc), error=said(exc))
+        return _members(request, person, access, status_of(exc), error=message(exc))
     return back(f"/t/{tenant}/members", done="role" if action == "role" else "removed")
 
 
@@ -339,7 +316,7 @@ def create_invitation(request: Request, tenant: str, data: Form) -> Template:
     try:
         invited = send_invitation(request, person, access, data.get("email", "").strip(), data.get("role", ""))
     except ACTION_ERRORS as exc:
-        return _members(request, person, access, status_of(exc), error=said(exc), email=data.get("email", ""),
+        return _members(request, person, access, status_of(exc), error=message(exc), email=data.get("email", ""),
                         invite_role=data.get("role", ""))
     return no_store(_members(request, person, access, 201, invited=invited))
 
@@ -350,7 +327,7 @@ def revoke_invitation_action(request: Request, tenant: str, invitation_id: str, 
     try:
         revoke_invitation(request, person, access, invitation_id)
     except ACTION_ERRORS as exc:
-        return _members(request, person, access, status_of(exc), error=said(exc))
+        return _members(request, person, access, status_of(exc), error=message(exc))
     return back(f"/t/{tenant}/members", done="revoked")
 
 
@@ -398,7 +375,7 @@ def create_key(request: Request, tenant: str, data: Form) -> Template:
         made = make_key(request, person, access, data.get("name", ""), data.get("role", ""),
                         expiry(data.get("expires", "")))
     except ACTION_ERRORS as exc:
-        return _keys(request, person, access, status_of(exc), error=said(exc), entered_name=data.get("name", ""))
+        return _keys(request, person, access, status_of(exc), error=message(exc), entered_name=data.get("name", ""))
     return no_store(_keys(request, person, access, 201, made=made))
 
 
@@ -408,7 +385,7 @@ def revoke_key(request: Request, tenant: str, key_id: str, data: Form) -> Templa
     try:
         end_key(request, person, access, key_id)
     except ACTION_ERRORS as exc:
-        return _keys(request, person, access, status_of(exc), error=said(exc))
+        return _keys(request, person, access, status_of(exc), error=message(exc))
     return back(f"/t/{tenant}/keys", done="revoked")
 
 
@@ -440,7 +417,7 @@ def audit_page(request: Request, tenant: str) -> Template:
                               since=epoch(filters["from"], "from"), until=epoch(filters["to"], "to"),
                               before=int(before) if before else None, limit=AUDIT_PAGE)
     except Invalid as exc:
-        error, status_code = said(exc), 422
+        error, status_code = message(exc), 422
     chain = runtime_of(request).audit.verify()
     shown = {k: v for k, v in filters.items() if v}
     return render(request, "audit.html", person, access, status_code, entries=page_["items"],
@@ -510,7 +487,7 @@ def settings_action(request: Request, tenant: str, action: str, data: Form) -> T
             change_quotas(request, person, access.tenant_id, quota_changes(data))
     except ACTION_ERRORS as exc:
         fresh = check_access(request, person, tenant, "tenant.settings")
-        return _settings(request, person, fresh, status_of(exc), error=said(exc))
+        return _settings(request, person, fresh, status_of(exc), error=message(exc))
     return back(f"/t/{tenant}/settings", done=action)
 
 

@@ -10,11 +10,11 @@ from litestar import Request, get, post
 from litestar.response import Redirect, Template
 
 from appliance.catalog import NotFound
-from appliance.identity import SESSION_COOKIE, Forbidden, Invalid, Principal
+from appliance.identity import SESSION_COOKIE, Invalid, Principal
 
 from ..api.base import audit, runtime_of
 from ..api.people import code_step, password_step, session_cookie
-from .base import FORM_ERRORS, Form, message, next_path, page, person_of
+from .base import FORM_ERRORS, Form, message, next_path, page, person_of, poster
 
 
 @get("/", sync_to_thread=True)
@@ -44,9 +44,7 @@ def profile(request: Request) -> Template | Redirect:
 @post("/profile/{action:str}", sync_to_thread=True, status_code=200)
 def profile_action(request: Request, action: str, data: Form) -> Template | Redirect:
     """Password, two-factor sign-in and sessions of the signed-in person (each form carries the CSRF token)."""
-    person = person_of(request)
-    if person is None or data.get("csrf") != person.csrf:
-        raise Forbidden("sign in again: the form's token does not match your session")
+    person = poster(request, data)
     identity = runtime_of(request).identity
     cookie = request.cookies[SESSION_COOKIE]
     shown: dict[str, Any] = {}  # what this answer must show once (so it renders rather than redirects)

@@ -23,10 +23,10 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from appliance.catalog import Conflict, FlowInvalid, NotFound
-from appliance.identity import Access, Forbidden, Principal
+from appliance.identity import Access, Principal
 
-from ..api.base import audit, check_access, runtime_of
-from .base import Form, message, person_of, workspace, workspace_page
+from ..api.base import audit, runtime_of
+from .base import Form, acting, message, status_of, workspace, workspace_page
 
 PAGE = 50
 #: Names the console gives new flows (they go in URLs); flows saved through the API may have others.
@@ -82,14 +82,6 @@ def _flows(request: Request, person: Principal, access: Access, *, error: str | 
     return page
 
 
-def _acting(request: Request, tenant: str, data: dict[str, Any]) -> tuple[Principal, Access]:
-    """The signed-in person allowed to change flows here (the API's `flows.write`), with the form's token."""
-    person = person_of(request)
-    if person is None or data.get("csrf") != person.csrf:
-        raise Forbidden("sign in again: the form's token does not match your session")
-    return person, check_access(request, person, tenant, "flows.write")
-
-
 def _back(tenant: str, data: dict[str, Any], did: str, name: str) -> Redirect:
     """Back to the list as the person left it (a query string of this page only), saying what was done."""
     back = str(data.get("back") or "?")
@@ -105,8 +97,7 @@ def _refused(request: Request, person: Principal, access: Access, exc: Exception
         errors = [f"node “{e.node}”: {e.message}" if e.node else e.message for e in exc.errors]
         return _flows(request, person, access, error=f"the flow has {len(errors)} problem(s); nothing was saved",
                       errors=errors, status_code=422, form=form)
-    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
-    return _flows(request, person, access, error=message(exc), status_code=status, form=form)
+    return _flows(request, person, access, error=message(exc), status_code=status_of(exc), form=form)
 
 
 def _new_name(name: str) -> str:
@@ -133,7 +124,7 @@ def _saved(request: Request, person: Principal, access: Access, row: Any, **deta
 @post("/t/{tenant:str}/flows/create", sync_to_thread=True)
 def create_flow(request: Request, tenant: str, data: Form) -> Redirect | Template:
     """A new flow with a manual trigger, saved as POST /api/v1/tenants/{t}/flows saves it; then the builder."""
-    person, access = _acting(request, tenant, data)
+    person, access = acting(request, tenant, "flows.write", data)
     try:
         name = _new_name(data.get("name", ""))
         _must_be_new(request, access, name)
@@ -148,7 +139,7 @@ def create_flow(request: Request, tenant: str, data: Form) -> Redirect | Templat
 @post("/t/{tenant:str}/flows/duplicate", sync_to_thread=True)
 def duplicate_flow(request: Request, tenant: str, data: Form) -> Redirect | Template:
     """A copy of a flow's newest version under a new name, inactive (its webhook path stays the original's)."""
-    person, access = _acting(request, tenant, data)
+    person, access = acting(request, tenant, "flows.write", data)
     catalog = runtime_of(request).catalog
     try:
         source = catalog.flow(access.tenant_id, data.get("name", ""))
@@ -163,7 +154,7 @@ def duplicate_flow(request: Request, tenant: str, data: Form) -> Redirect | Temp
 
 @post("/t/{tenant:str}/flows/delete", sync_to_thread=True)
 def delete_flow(request: Request, tenant: str, data: Form) -> Redirect | Template:
-    person, access = _acting(request, tenant, data)
+    person, access = acting(request, tenant, "flows.write", data)
     catalog = runtime_of(request).catalog
     name = data.get("name", "")
     try:
@@ -188,7 +179,7 @@ def deactivate_flow(request: Request, tenant: str, data: Form) -> Redirect | Tem
 
 def _set_active(request: Request, tenant: str, data: dict[str, Any], active: bool) -> Redirect | Template:
     """As the API's activate/deactivate: flows.write, Catalog.set_active (quota and webhook path checks)."""
-    person, access = _acting(request, tenant, data)
+    person, access = acting(request, tenant, "flows.write", data)
     try:
         row = runtime_of(request).catalog.set_active(access.tenant_id, data.get("name", ""), active)
     except (LookupError, ValueError) as exc:
@@ -202,7 +193,7 @@ def _set_active(request: Request, tenant: str, data: dict[str, Any], active: boo
 def import_flow(request: Request, tenant: str, data: Multipart) -> Redirect | Template:
     """A flow JSON from a file or pasted text, validated and saved as POST /flows does (a flow of that
     name gets a new version, as `flowfuse flow import`); problems are listed by node, nothing saved."""
-    person, access = _acting(request, tenant, data)
+    person, access = acting(request, tenant, "flows.write", data)
     pasted = str(data.get("text") or "")
     upload = data.get("file")
     try:
