@@ -26,6 +26,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +140,9 @@ class AuditLog:
         self.head_path = path.with_suffix(".head")
         self._fsync = synchronous.upper() == "FULL"
         self.db = Database(path, synchronous, busy_timeout_ms)
+        #: (seq, hash) of the last entry `verify_since_last` found sound, and when it walked the whole log.
+        self._verified: tuple[tuple[int, str], float] | None = None
+        self._verified_lock = threading.Lock()
 
     def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.db.use_loop(loop)
@@ -191,14 +195,18 @@ class AuditLog:
         return (seq, digest), None
 
     # -- checking ----------------------------------------------------------------------------------
-    def verify(self) -> VerifyResult:
+    def verify(self, start: tuple[int, str] | None = None) -> VerifyResult:
         """Walk the log in seq order and report the first entry that was edited, removed, inserted or
-        reordered; then compare its end with audit.head to catch entries removed from the end."""
+        reordered; then compare its end with audit.head to catch entries removed from the end.
+
+        `start` = (seq, hash) of an entry already verified: walk only the entries after it (see
+        `verify_since_last`)."""
         # The head first: it is written after each commit, so the snapshot read next reaches at least as far.
         head, unreadable = self._read_head()
         conn = self.db.read()
-        last_seq, last_hash, hash_at_head = 0, GENESIS, None
-        for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY seq"):
+        last_seq, last_hash = start or (0, GENESIS)
+        hash_at_head = last_hash if head is not None and head[0] == last_seq else None
+        for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM entries WHERE seq > ? ORDER BY seq", (last_seq,)):
             found = self._check(conn, row, last_seq, last_hash)
             if found is not None:
                 bad_seq, problem = found
@@ -222,6 +230,21 @@ class AuditLog:
             return VerifyResult(False, 0, head[0], f"entry {head[0]} is not the entry audit.head recorded: "
                                 f"the log was rewritten up to entry {head[0]}, hashes and all")
         return VerifyResult(True, last_seq)
+
+    def verify_since_last(self) -> tuple[VerifyResult, float]:
+        """For pages: the whole log walked once per process, then only the entries added since (and
+        audit.head), so a page view does not hash a log of millions of entries. Returns the result and
+        when the whole log was last walked; a change to entries already walked shows at the next full
+        walk (`flowfuse audit verify`, or a restart)."""
+        with self._verified_lock:
+            start, walked = self._verified or (None, time.time())
+            found = self.verify(start)
+            if not found.ok:
+                self._verified = None
+                return found, time.time()
+            row = self.db.read().execute("SELECT seq, hash FROM entries WHERE seq=?", (found.entries,)).fetchone()
+            self._verified = ((row["seq"], row["hash"]), walked) if row else None
+            return found, walked
 
     def _check(self, conn: sqlite3.Connection, row: sqlite3.Row, last_seq: int,
                last_hash: str) -> tuple[int, str] | None:

@@ -182,6 +182,32 @@ TAMPERING = {  # how to tamper: (change, first bad seq, entries known sound, the
 }
 
 
+def test_pages_verify_new_entries_only_after_one_whole_walk(log):
+    """verify_since_last (the console's audit page): one whole walk, then each call checks what was
+    added since, so tampering with a new entry shows at once and with an old one at the next whole walk."""
+    fill(log, 50)
+    first, walked = log.verify_since_last()
+    assert (first.ok, first.entries) == (True, 50)
+    fill(log, 20)
+    again, walked_again = log.verify_since_last()
+    assert (again.ok, again.entries, walked_again) == (True, 70, walked)
+
+    conn = raw(log.path)
+    try:
+        conn.execute("UPDATE entries SET actor_label='mallory@example.com' WHERE seq=10")  # already walked
+        fill(log, 5)
+        assert log.verify_since_last()[0].ok  # not walked again in this process
+        fill(log, 3)
+        conn.execute("UPDATE entries SET actor_label='mallory@example.com' WHERE seq=77")  # new: checked now
+    finally:
+        conn.close()
+    broken = log.verify_since_last()[0]
+    assert (broken.ok, broken.first_bad_seq) == (False, 77)
+    whole = AuditLog(log.path).verify_since_last()[0]  # another process walks the whole log
+    assert (whole.ok, whole.first_bad_seq) == (False, 10)
+    assert not log.verify_since_last()[0].ok and log.verify_since_last()[0].first_bad_seq == 10  # walked again
+
+
 @pytest.mark.parametrize("tamper", TAMPERING.values(), ids=TAMPERING.keys())
 def test_verify_names_the_first_entry_tampered_with(data_log, settings, tamper):
     change, bad_seq, sound, words = tamper

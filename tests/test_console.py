@@ -135,7 +135,10 @@ def test_workspace_pages_list_flows_and_executions_live_and_keep_out_strangers(p
     admin.post(f"/tenants/{t}/flows", json={**flow, "name": "other"})
 
     sign_in(page, api.url, email, PASSWORD)
-    page.get_by_role("link", name=t).click()
+    page.get_by_role("link", name=t).click()  # a workspace opens on its dashboard
+    expect(page).to_have_url(f"{api.url}/t/{t}")
+    expect(page.get_by_role("link", name="Dashboard")).to_have_attribute("aria-current", "page")
+    page.get_by_role("link", name="Flows").click()
     expect(page).to_have_url(f"{api.url}/t/{t}/flows")
     expect(page.get_by_role("link", name="Flows")).to_have_attribute("aria-current", "page")
     expect(page.get_by_role("row", name="greeter")).to_contain_text("never")

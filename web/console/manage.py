@@ -418,11 +418,11 @@ def audit_page(request: Request, tenant: str) -> Template:
                               before=int(before) if before else None, limit=AUDIT_PAGE)
     except Invalid as exc:
         error, status_code = message(exc), 422
-    chain = runtime_of(request).audit.verify()
+    chain, walked = runtime_of(request).audit.verify_since_last()
     shown = {k: v for k, v in filters.items() if v}
     return render(request, "audit.html", person, access, status_code, entries=page_["items"],
                           next_url=f"?{urlencode({**shown, 'before': page_['next']})}" if page_["next"] else None,
-                          filters=filters, query=urlencode(shown), chain=chain, error=error)
+                          filters=filters, query=urlencode(shown), chain=chain, walked=walked, error=error)
 
 
 @get("/t/{tenant:str}/audit/export", sync_to_thread=True)
