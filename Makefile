@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= ./data
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install install-test browsers clean
+.PHONY: run test bench install install-test browsers services clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ run: install
 browsers:
 	@command -v chromium >/dev/null || { echo "installing chromium (Debian package)"; apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }
 
-test: install-test browsers
+# Database, MQTT and mail servers the connector tests start on loopback (Debian packages; tests run
+# their own throwaway instances, nothing is started system-wide).
+services:
+	@missing=""; for p in postgresql mariadb-server mosquitto; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (Debian packages)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq $$missing >/dev/null || { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }; fi
+
+test: install-test browsers services
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 bench: install-test

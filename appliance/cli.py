@@ -339,3 +339,129 @@ def _logging(settings) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group()
+def connector() -> None:
+    """Make a connector: a new one from a template, or one from an OpenAPI document."""
+
+
+@connector.command("from-openapi")
+@click.argument("spec")
+@click.option("--name", required=True, help="the connector's name; it prefixes its actions (name.operationId)")
+@tenant_option
+@data_dir_option
+@click.pass_context
+def connector_from_openapi(ctx, spec: str, name: str, tenant: str | None, data_dir: str | None) -> None:
+    """Import an OpenAPI 3.0/3.1 document (JSON or YAML; a file, or an http(s) URL fetched like the
+    http_request node would) as a connector of the tenant: every operation becomes an action that
+    its flows and the builder can use at once (see connectors/openapi.py)."""
+    import asyncio
+    from pathlib import Path
+
+    from connectors import openapi
+    from connectors.http import client
+
+    async def fetch() -> bytes:
+        try:
+            return await openapi.fetch(spec)
+        finally:
+            await client().aclose()
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    try:
+        if spec.startswith(("http://", "https://")):
+            document, source = asyncio.run(fetch()), spec
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise click.ClickException(f"{spec}: no such file (give a file or an http(s) URL)")
+            if path.stat().st_size > openapi.MAX_SPEC_BYTES:
+                raise click.ClickException(f"{spec}: {path.stat().st_size:,} bytes; at most "
+                                           f"{openapi.MAX_SPEC_BYTES:,} are accepted")
+            document, source = path.read_bytes(), str(path.resolve())
+        with commands.opened(settings) as rt:
+            tenant_id = rt.tenant_id(tenant)
+            made = rt.catalog.import_connector(tenant_id, name, document, source)
+            commands._audit_cli(rt, "connector.import", tenant_id, "connector", name,
+                                {"source": source, "actions": len(made["node_types"])})
+    except openapi.SpecError as exc:
+        raise click.ClickException(f"{spec}: {exc}") from None
+    _emit(made)
+
+
+@main.group("connectors")
+def connectors_group() -> None:
+    """The connectors this installation has (built in, installed packages, the plugins directory)."""
+
+
+@connector.command("new")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="where to write NAME.py and test_NAME.py")
+@click.option("--force", is_flag=True, help="overwrite files of that name")
+def connector_new(name: str, directory: str, force: bool) -> None:
+    """Write a working connector NAME.py and its test test_NAME.py (see docs/connectors/write-a-connector.md)."""
+    from pathlib import Path
+
+    from connectors.sdk.scaffold import ScaffoldError, write
+
+    try:
+        files = write(name, Path(directory), force=force)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in files:
+        click.echo(f"wrote {path}")
+    click.echo(f"test it: pytest {files[1]}; install it: copy {files[0].name} to <data_dir>/plugins/ and restart")
+
+
+def _discovered(ctx: click.Context, data_dir: str | None):
+    """The registry `serve` would build: built-ins, entry points and the data directory's plugins."""
+    from connectors import default_registry
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    return default_registry(settings.data_dir / "plugins"), settings.data_dir / "plugins"
+
+
+@connectors_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@data_dir_option
+@click.pass_context
+def connectors_list(ctx, as_json: bool, data_dir: str | None) -> None:
+    """Every connector found (built in, installed packages, <data_dir>/plugins) and those that failed to load."""
+    registry, plugins = _discovered(ctx, data_dir)
+    by_source: dict[str, list[str]] = {}
+    for name in registry.names():
+        by_source.setdefault(registry.sources.get(name, "builtin"), []).append(name)
+    if as_json:
+        _emit({"plugins_dir": str(plugins),
+               "connectors": [{"source": s, "node_types": n} for s, n in by_source.items()],
+               "credential_types": registry.credential_type_names(), "broken": registry.broken})
+        return
+    for source, names in by_source.items():
+        click.echo(f"{source}: {', '.join(names)}")
+    click.echo(f"credential types: {', '.join(registry.credential_type_names())}")
+    for broken in registry.broken:
+        click.echo(f"BROKEN {broken['source']}: {broken['error']} (skipped)")
+
+
+@connectors_group.command("docs")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the page here (default: standard output)")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="also document this data directory's plugins")
+@click.pass_context
+def connectors_docs(ctx, out: str | None, data_dir: str | None) -> None:
+    """The reference page of every connector, its params and credential types, made from their schemas."""
+    from connectors import default_registry
+    from connectors.sdk.docs import reference
+
+    registry = _discovered(ctx, data_dir)[0] if data_dir else default_registry()
+    page = reference(registry)
+    if out is None:
+        click.echo(page, nl=False)
+        return
+    from pathlib import Path
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(page)
+    click.echo(f"wrote {out}: {len(registry.names())} node types, {len(registry.credential_type_names())} "
+               "credential types")

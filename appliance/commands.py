@@ -85,7 +85,7 @@ def run_flow(doc: Any, items: list[dict], settings: Settings | None = None,
     run and are recorded there); without, nodes that need them fail with a message saying so.
     """
     try:
-        flow = compile_flow(doc, default_registry())
+        flow = compile_flow(doc, default_registry(settings.data_dir / "plugins" if settings is not None else None))
     except FlowInvalid as exc:
         return 2, {"status": "invalid", "errors": [e.as_dict() for e in exc.errors]}
     runtime = None

@@ -99,7 +99,7 @@ class Runtime:
         self.control = Database(data / "flowfuse.db", **opts)
         self.runs_db = Database(data / "runs.db", **opts)
         self.audit = AuditLog(data / "audit.db", opts["synchronous"], opts["busy_timeout_ms"])
-        self.registry = default_registry()
+        self.registry = default_registry(data / "plugins")  # built-ins, entry points, plugins
         self.catalog = Catalog(self.control, self.registry)
         self.runs = RunStore(self.runs_db)
         self.runs.flow_of = self.flow_of
@@ -148,6 +148,7 @@ class Runtime:
             counts["steps"] = conn.execute("DELETE FROM steps WHERE tenant_id=?", (tenant_id,)).rowcount
             conn.execute("DELETE FROM resume_payloads WHERE tenant_id=?", (tenant_id,))
             conn.execute("DELETE FROM schedule_state WHERE tenant_id=?", (tenant_id,))
+            conn.execute("DELETE FROM trigger_cursors WHERE tenant_id=?", (tenant_id,))
             return counts
 
         def control_part(conn) -> int:
@@ -290,7 +291,7 @@ class Runtime:
                 and not loaded.resume_items:
             return None  # resumed too early (e.g. a duplicate message); its scheduled resume will come
         meta = json.loads(row["meta"]) if row["meta"] else {}
-        flow = self._draft(row["id"], meta["definition"]) if row["trigger"] == TEST and "definition" in meta \
+        flow = self._draft(row, meta["definition"]) if row["trigger"] == TEST and "definition" in meta \
             else self.catalog.compiled(row["flow_id"], row["flow_version"])
         # Claimed with the run's first commit (see ExecutionRef.claim): one commit fewer per execution.
         ref = ExecutionRef(row["id"], row["tenant_id"], row["flow_id"], row=dict(row),
@@ -350,7 +351,7 @@ class Runtime:
                 raise Invalid("definition.name", f"the draft names the flow {definition.get('name')!r} "
                                                  f"but the URL names {flow.name!r}")
             definition = {**definition, "name": flow.name}
-            compiled = self.catalog.validate(definition)
+            compiled = self.catalog.validate(definition, flow.tenant_id)
         else:
             compiled = self.catalog.compiled(flow.id, flow.version)
         if input_from is not None:
@@ -405,19 +406,20 @@ class Runtime:
             if row["trigger"] == TEST and row["meta"] and '"definition"' in row["meta"]:
                 meta = json.loads(row["meta"])
                 if isinstance(meta.get("definition"), dict):
-                    return self._draft(row["id"], meta["definition"])
+                    return self._draft(row, meta["definition"])
             if row["flow_id"] and row["flow_version"]:
                 return self.catalog.compiled(row["flow_id"], row["flow_version"])
         except (NotFound, FlowInvalid):
             return None
         return None
 
-    def _draft(self, execution_id: str, definition: dict) -> Flow:
-        found = self._drafts.get(execution_id)
+    def _draft(self, row: Any, definition: dict) -> Flow:
+        """A test run's draft, compiled with its tenant's node types (imported ones included)."""
+        found = self._drafts.get(row["id"])
         if found is None:
             if len(self._drafts) >= 64:
                 self._drafts.pop(next(iter(self._drafts)))
-            found = self._drafts[execution_id] = self.catalog.validate(definition)
+            found = self._drafts[row["id"]] = self.catalog.validate(definition, row["tenant_id"])
         return found
 
     def try_credential(self, tenant_id: str, credential_id: str, url: str) -> dict[str, Any]:
@@ -450,6 +452,14 @@ class Runtime:
     # -- the engine's Services port ----------------------------------------------------------------------------
     def credential(self, tenant_id: str, name: str) -> dict[str, Any]:
         return self.vault.get(tenant_id, name)
+
+    def save_credential_fields(self, tenant_id: str, name: str, fields: dict[str, Any]) -> None:
+        """Keep fields a connector changed in a credential (refreshed OAuth2 tokens; see
+        connectors.sdk.auth), encrypted in the vault with the credential's other fields."""
+        row = self.control.one("SELECT id FROM credentials WHERE tenant_id=? AND name=?", (tenant_id, name))
+        if row is None:
+            raise LookupError(f"credential {name!r} does not exist any more")
+        self.vault.update(tenant_id, row["id"], data=fields)
 
     def resume_url(self, ref: ExecutionRef) -> str | None:
         slug = self.catalog.tenant_by_id(ref.tenant_id)["slug"]

@@ -487,3 +487,37 @@ def _runs_0006(db) -> None:
         FROM executions WHERE status IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
     """)
 
+
+
+@runs(name="0007_trigger_cursors")
+def _runs_0007(db) -> None:
+    """Where each polling trigger got to: the cursor its last poll returned (JSON), stored in the
+    transaction that records the execution of that poll's items, so that across restarts nothing
+    is processed twice and nothing is lost (a poll whose execution was never committed repeats).
+    """
+    db.executescript("""
+    CREATE TABLE trigger_cursors (
+        flow_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        cursor TEXT,
+        polled_at REAL NOT NULL
+    );
+    """)
+
+
+@control(name="0008_imported_connectors")
+def _control_0008(db) -> None:
+    """Connectors a tenant imported from an OpenAPI document (connectors/openapi.py): the document
+    as JSON (at most 8 MiB, as the importer checks) and where it came from. Each process builds the
+    node types from it (appliance.catalog's per-tenant registry overlay); they go with the tenant.
+    """
+    db.executescript("""
+    CREATE TABLE imported_connectors (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        spec TEXT NOT NULL CHECK (length(CAST(spec AS BLOB)) <= 8388608),
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    """)

@@ -4,13 +4,17 @@ Huey's threads take `run_execution` messages and hand each to one asyncio loop, 
 engine runs many executions at once. A housekeeping thread beats the heartbeat, re-queues
 executions whose process died (killed mid-run: they resume from their last committed step),
 cancels what was asked to be cancelled, and fires cron triggers. Cron runs in one worker only:
-the one holding `scheduler.lock` in the data directory.
+the one holding `scheduler.lock` in the data directory. The same worker runs the polling and
+event triggers of active flows (see TriggerRunner) as tasks on the engine's loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import fcntl
+import json
 import logging
 import threading
 import time
@@ -20,6 +24,8 @@ from typing import Any
 from croniter import croniter
 
 from engine import QUEUED
+from engine.flow import Node
+from engine.nodes import POLL_INTERVAL_MIN_S, POLL_INTERVAL_S, EventContext, PollContext, PollResult
 
 from .catalog import QuotaExceeded
 from .queue import EventLoopThread
@@ -111,12 +117,192 @@ def _iso(ts: float, tz: str) -> str:
     return dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(tz)).isoformat()
 
 
+#: How long one poll may take before it is abandoned (and repeated at the next interval).
+POLL_TIMEOUT_S = 300.0
+#: Back-off of an event listener that stopped or failed: doubles from the first, up to the last.
+LISTEN_BACKOFF_S = (0.5, 60.0)
+
+
+class TriggerRunner:
+    """Runs the polling and event triggers of active flows, one task per flow on the engine loop.
+
+    `sync` (called by the housekeeper of the worker holding scheduler.lock, so by one worker)
+    starts a task for each active flow with such a trigger, restarts it when the flow gets a new
+    version, and cancels it when the flow is deactivated, deleted or its tenant suspended.
+
+    A polling trigger's new cursor is committed in the transaction that inserts the execution of
+    the items its poll returned: a crash before that commit loses nothing (the next poll starts
+    from the old cursor and finds the same items), one after it processes nothing twice.
+    """
+
+    KINDS = ("polling", "event")
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.tasks: dict[str, tuple[int, str, concurrent.futures.Future]] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.runtime.loop_thread.loop
+
+    def sync(self) -> None:
+        wanted = {flow.id: flow for flow in self.runtime.catalog.active_triggers(self.KINDS)}
+        for flow_id, (version, name, future) in list(self.tasks.items()):
+            flow = wanted.get(flow_id)
+            if flow is None or flow.version != version:  # (a task that could not start waits for a new version)
+                future.cancel()  # thread-safe: cancels the task on its loop
+                del self.tasks[flow_id]
+                log.info("trigger of flow %s stopped", name)
+        for flow_id, flow in wanted.items():
+            if flow_id not in self.tasks:
+                self.tasks[flow_id] = (flow.version, flow.name,
+                                       asyncio.run_coroutine_threadsafe(self._run(flow), self.loop))
+
+    def stop(self) -> None:
+        for _, _, future in self.tasks.values():
+            future.cancel()
+        self.tasks.clear()
+
+    async def _run(self, flow) -> None:
+        rt = self.runtime
+        try:
+            compiled = await asyncio.to_thread(rt.catalog.compiled, flow.id, flow.version)
+            trigger = compiled.trigger
+            params = await asyncio.to_thread(self._params, trigger, flow.tenant_id)
+            log.info("%s trigger of flow %s started", trigger.spec.trigger_kind, flow.name)
+            if trigger.spec.trigger_kind == "polling":
+                await self._poll_forever(flow, trigger, params)
+            else:
+                await self._listen_forever(flow, trigger, params)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the trigger of flow %s could not start", flow.name)
+
+    def _params(self, trigger: Node, tenant_id: str) -> dict[str, Any]:
+        """The trigger's params with their defaults, expressions evaluated against the tenant's variables."""
+        scope = {"json": {}, "items": [], "nodes": {}, "vars": self.runtime.catalog.variables(tenant_id),
+                 "execution": {}}
+        return {name: value.evaluate(scope) if value.is_dynamic else value.source
+                for name, value in trigger.params.items()}
+
+    async def _credential(self, flow, trigger: Node):
+        if not trigger.credential:
+            return None
+        return await asyncio.to_thread(self.runtime.credential, flow.tenant_id, trigger.credential)
+
+    # -- polling ---------------------------------------------------------------------------------------------
+    async def _poll_forever(self, flow, trigger: Node, params: dict[str, Any]) -> None:
+        interval = max(POLL_INTERVAL_MIN_S, float(params.get("interval_s") or POLL_INTERVAL_S))
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self.poll_once(flow, trigger, params), trigger.timeout_s or POLL_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a connector raises: logged, tried again
+                log.warning("poll of flow %s failed (tried again in %s s): %s", flow.name, interval,
+                            str(exc) or type(exc).__name__)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def poll_once(self, flow, trigger: Node, params: dict[str, Any]) -> str | None:
+        """One poll; returns the id of the execution it queued, if its poll found items."""
+        rt = self.runtime
+        state = await asyncio.to_thread(rt.runs_db.one, "SELECT cursor FROM trigger_cursors WHERE flow_id=?",
+                                        (flow.id,))
+        cursor = json.loads(state["cursor"]) if state and state["cursor"] is not None else None
+        ctx = PollContext(params=params, credential=await self._credential(flow, trigger), cursor=cursor,
+                          tenant_id=flow.tenant_id, flow_id=flow.id,
+                          log=logging.getLogger(f"flowfuse.trigger.{trigger.type}"), services=rt,
+                          credential_name=trigger.credential)
+        result = await trigger.spec.poll(ctx)
+        if not isinstance(result, PollResult) or not isinstance(result.items, list) or \
+                not all(isinstance(item, dict) for item in result.items):
+            raise TypeError(f"poll of {trigger.type} must return PollResult(items=[objects], cursor)")
+        new_cursor = json.dumps(result.cursor)
+        if not result.items:
+            if state is None or state["cursor"] != new_cursor:
+                await rt.runs_db.awrite(lambda conn: _save_cursor(conn, flow, new_cursor))
+            return None
+        try:
+            rt.quotas.admit(flow.tenant_id)
+        except QuotaExceeded as exc:  # the cursor stays: these items come again at the next poll
+            log.warning("flow %s: poll found %d items but no execution was started: %s", flow.name,
+                        len(result.items), exc)
+            return None
+        row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
+                            trigger="polling", status=QUEUED, items=result.items)
+
+        def write(conn) -> None:
+            conn.execute(EXEC_SQL, row)
+            _save_cursor(conn, flow, new_cursor)
+        await rt.runs_db.awrite(write)
+        rt.runs.meter.add(flow.tenant_id, 1, 0, 0)
+        await rt.aenqueue(row["id"])
+        return row["id"]
+
+    # -- events ----------------------------------------------------------------------------------------------
+    async def _listen_forever(self, flow, trigger: Node, params: dict[str, Any]) -> None:
+        first, most = LISTEN_BACKOFF_S
+        delay = first
+
+        async def emit(items: list[dict], dedup_key: str | None) -> str | None:
+            return await self.emit(flow, items, dedup_key)
+
+        while True:
+            started = time.monotonic()
+            try:
+                ctx = EventContext(params=params, credential=await self._credential(flow, trigger),
+                                   tenant_id=flow.tenant_id, flow_id=flow.id,
+                                   log=logging.getLogger(f"flowfuse.trigger.{trigger.type}"), emitter=emit,
+                                   services=self.runtime, credential_name=trigger.credential)
+                await trigger.spec.listen(ctx)
+                log.warning("the listener of flow %s returned; starting it again in %s s", flow.name, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a connector raises: logged, started again
+                log.warning("the listener of flow %s failed (started again in %s s): %s", flow.name, delay,
+                            str(exc) or type(exc).__name__)
+            if time.monotonic() - started > most:
+                delay = first  # it ran a good while: a new failure starts the back-off again
+            await asyncio.sleep(delay)
+            delay = min(most, delay * 2)
+
+    async def emit(self, flow, items: list[dict], dedup_key: str | None) -> str | None:
+        """Durably queue one execution of the flow with these items; None if the dedup key was used before."""
+        rt = self.runtime
+        rt.quotas.admit(flow.tenant_id)  # QuotaExceeded goes to the listener, which may log or retry
+        row = execution_row(tenant_id=flow.tenant_id, flow_id=flow.id, flow_name=flow.name, flow_version=flow.version,
+                            trigger="event", status=QUEUED, items=items,
+                            dedup_key=f"event:{flow.id}:{dedup_key}" if dedup_key is not None else None)
+
+        def write(conn) -> bool:
+            if row["dedup_key"] and conn.execute("SELECT 1 FROM executions WHERE dedup_key=?",
+                                                 (row["dedup_key"],)).fetchone():
+                return False
+            conn.execute(EXEC_SQL, row)
+            return True
+        if not await rt.runs_db.awrite(write):
+            rt.quotas.forget(flow.tenant_id)
+            return None
+        rt.runs.meter.add(flow.tenant_id, 1, 0, 0)
+        await rt.aenqueue(row["id"])
+        return row["id"]
+
+
+def _save_cursor(conn, flow, cursor_json: str) -> None:
+    conn.execute("INSERT INTO trigger_cursors (flow_id, tenant_id, cursor, polled_at) VALUES (?,?,?,?) "
+                 "ON CONFLICT (flow_id) DO UPDATE SET cursor=excluded.cursor, polled_at=excluded.polled_at",
+                 (flow.id, flow.tenant_id, cursor_json, time.time()))
+
+
 class Housekeeper(threading.Thread):
     def __init__(self, runtime: Runtime):
         super().__init__(name="housekeeper", daemon=True)
         self.runtime = runtime
         self.stop_event = threading.Event()
         self.cron = CronScheduler(runtime)
+        self.triggers = TriggerRunner(runtime) if runtime.loop_thread is not None else None
         self._lock_file: Any = None
 
     def _is_scheduler(self) -> bool:
@@ -180,6 +366,8 @@ class Housekeeper(threading.Thread):
                     rt.cancel_local(execution_id)
                 if now >= next_tick and self._is_scheduler():
                     self.cron.tick()
+                    if self.triggers is not None:
+                        self.triggers.sync()
                     next_tick = now + settings.schedule.tick_s
                 if now >= next_prune and self._is_scheduler():
                     more = self.prune()
@@ -191,6 +379,8 @@ class Housekeeper(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(timeout=5)
+        if self.triggers is not None:
+            self.triggers.stop()
         if self._lock_file is not None:
             self._lock_file.close()
 

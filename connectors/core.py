@@ -137,17 +137,19 @@ def _respond(ctx: NodeContext, items: list[dict]) -> list[dict]:
 
 def register(registry: Registry) -> None:
     add = registry.add
-    add(NodeType("manual", _passthrough, trigger=True, pure=True, label="Manual trigger", category="Triggers",
+    add(NodeType("manual", _passthrough, trigger_kind="manual", pure=True, label="Manual trigger", category="Triggers",
                  description="Started by hand, from the CLI, API or console."))
-    add(NodeType("error_trigger", _passthrough, trigger=True, pure=True, category="Triggers",
+    add(NodeType("error_trigger", _passthrough, trigger_kind="error", pure=True, category="Triggers",
                  description="Starts an error flow; its item describes the failed execution."))
-    add(NodeType("webhook", _passthrough, trigger=True, pure=True, validate=_validate_webhook, category="Triggers",
+    add(NodeType("webhook", _passthrough, trigger_kind="webhook", pure=True, validate=_validate_webhook,
+                 category="Triggers",
                  params={
         "path": Param("string", required=True, expression=False, description="path under /hooks/{tenant}/"),
         "method": Param("string", default="POST", choices=HTTP_METHODS, expression=False),
         "respond": Param("string", default="when_done", choices=("when_done", "immediately"), expression=False),
     }, description="Started by an HTTP request to /hooks/{tenant}/{path}."))
-    add(NodeType("schedule", _passthrough, trigger=True, pure=True, validate=_validate_schedule, category="Triggers",
+    add(NodeType("schedule", _passthrough, trigger_kind="schedule", pure=True, validate=_validate_schedule,
+                 category="Triggers",
                  params={
         "cron": Param("string", required=True, expression=False, description="cron expression, e.g. '0 9 * * 1-5'"),
         "timezone": Param("string", default="UTC", expression=False),

@@ -8,12 +8,26 @@ plain function or a coroutine function.
 Connectors also register the `CredentialType`s their nodes use. The vault checks a credential
 against its type when it is saved, and hands a node a `Credential` whose type tells the engine
 which values are secret, so that they are redacted from everything a run records.
+
+Triggers say how they start a flow with `trigger_kind`:
+
+- "manual", "schedule", "error": started by hand, by the worker's cron, by a failed execution.
+- "webhook": the node has a literal `path` param (and may have `method`, default POST), so the
+  catalog routes /hooks/{tenant}/{path} to it. `verify(WebhookRequest)` may refuse a request by
+  raising `Unverified` (401, no execution); `respond(WebhookRequest)` may answer a handshake
+  before any execution (return None to go on).
+- "polling": `await poll(PollContext) -> PollResult(items, cursor)` every `interval_s` seconds;
+  the worker stores the cursor in the transaction that records the execution of those items.
+- "event": `await listen(EventContext)` runs for as long as the flow is active and calls
+  `await ctx.emit(items, dedup_key)` for each event.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +82,99 @@ def _json_type(value: Any) -> str:
 
 Outputs = tuple[str, ...] | Callable[[Mapping[str, Any]], Sequence[str]]
 
+#: How a trigger starts its flow (NodeType.trigger_kind); None for nodes that are not triggers.
+TRIGGER_KINDS = ("manual", "webhook", "schedule", "polling", "event", "error")
+WEBHOOK_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~/-]{0,199}$")
+#: Seconds between two polls of a polling trigger: the default of its `interval_s` param, and the least.
+POLL_INTERVAL_S, POLL_INTERVAL_MIN_S = 60, 1
+
+
+def webhook_path_problems(params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a webhook trigger's `path` (every webhook-kind trigger is checked with this)."""
+    path = params.get("path", "")
+    if not isinstance(path, str) or not WEBHOOK_PATH.match(path) or "//" in path or path.endswith("/") \
+            or ".." in path:
+        return [(f"param 'path' {path!r} must be letters, digits and . _ ~ - / (no leading or trailing /), "
+                 "for example 'orders/new'")]
+    return []
+
+
+def _poll_interval_problems(params: Mapping[str, Any]) -> list[str]:
+    interval = params.get("interval_s", POLL_INTERVAL_S)
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval < POLL_INTERVAL_MIN_S:
+        return [f"param 'interval_s' must be at least {POLL_INTERVAL_MIN_S} (seconds between polls), got {interval}"]
+    return []
+
+
+class Unverified(Exception):
+    """Raised by a webhook trigger's `verify`: the request is answered 401 with this message and
+    starts nothing. Say what failed ("signature does not match"), never a secret."""
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """What a webhook trigger's `verify` and `respond` see of a request to /hooks/{tenant}/{path}."""
+
+    body: bytes
+    #: Every request header, names in lower case (including Authorization: verify may need it).
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    #: The trigger node's literal params.
+    params: Mapping[str, Any]
+    #: The trigger node's credential, decrypted; None when it names none.
+    credential: Credential | None
+    #: time.time() when the request arrived (for signatures that carry a timestamp).
+    now: float
+
+
+@dataclass
+class PollResult:
+    """What one poll found: the items for one execution (none: no execution) and the cursor to keep."""
+
+    items: list[dict]
+    cursor: Any = None
+
+
+@dataclass
+class PollContext:
+    """What a polling trigger's `poll` receives. `cursor` is the JSON value the previous successful
+    poll returned (None the first time); it is stored only with the execution of that poll's items."""
+
+    params: Mapping[str, Any]
+    credential: Credential | None
+    cursor: Any
+    tenant_id: str
+    flow_id: str
+    log: logging.Logger
+    #: The runtime (the engine's Services port), e.g. for connectors.sdk.auth to keep refreshed tokens.
+    services: Any = None
+    #: The name of the trigger node's credential, if it names one.
+    credential_name: str | None = None
+
+
+@dataclass
+class EventContext:
+    """What an event trigger's `listen` receives. `emit(items, dedup_key)` durably queues one
+    execution with those items; an event emitted again with the same dedup key starts nothing."""
+
+    params: Mapping[str, Any]
+    credential: Credential | None
+    tenant_id: str
+    flow_id: str
+    log: logging.Logger
+    emitter: Callable[[list[dict], str | None], Awaitable[Any]] | None = None
+    services: Any = None
+    credential_name: str | None = None
+
+    async def emit(self, items: list[dict], dedup_key: str | None = None) -> Any:
+        if self.emitter is None:
+            raise RuntimeError("this event context cannot emit (it is not run by the worker)")
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise TypeError("emit() takes a list of items (objects)")
+        return await self.emitter(items, dedup_key)
+
 
 @dataclass
 class NodeType:
@@ -96,17 +203,81 @@ class NodeType:
     outputs_from: str | None = None
     #: The node authenticates with a credential (`"credential": name` in flow JSON).
     credential: bool = False
+    #: File name of a local SVG under connectors/icons/ (no network), shown in the palette.
+    icon: str = ""
+    #: The credential types the node accepts (sets `credential`).
+    credential_types: tuple[str, ...] = ()
+    #: For triggers, how they start a flow: one of TRIGGER_KINDS (sets `trigger`); None for actions.
+    trigger_kind: str | None = None
+    #: Webhook triggers: refuse a request by raising Unverified (e.g. a bad signature).
+    verify: Callable[[WebhookRequest], None] | None = None
+    #: Webhook triggers: answer a handshake before any execution: (status, headers, body), or None to go on.
+    respond: Callable[[WebhookRequest], tuple[int, dict, Any] | None] | None = None
+    #: Polling triggers: one poll.
+    poll: Callable[[PollContext], Awaitable[PollResult]] | None = None
+    #: Event triggers: the long-running listener.
+    listen: Callable[[EventContext], Awaitable[None]] | None = None
     is_async: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.is_async = self.run is not None and inspect.iscoroutinefunction(self.run)
         if not self.label:
             self.label = self.type.replace("_", " ").capitalize()
+        self.credential_types = tuple(self.credential_types)
+        if self.credential_types:
+            self.credential = True
+        if self.trigger_kind is not None:
+            if self.trigger_kind not in TRIGGER_KINDS:
+                raise ValueError(f"node type {self.type!r}: trigger_kind must be one of {', '.join(TRIGGER_KINDS)}, "
+                                 f"got {self.trigger_kind!r}")
+            self.trigger = True
+        elif self.trigger:
+            self.trigger_kind = "manual"
+        self._check_trigger()
+
+    def _check_trigger(self) -> None:
+        """Complete and check what each trigger kind needs, so a connector's mistake shows when it
+        registers, not when a flow first runs."""
+        kind = self.trigger_kind
+        if self.trigger and self.run is None:
+            self.run = _passthrough
+            self.pure = True
+        if kind == "webhook":
+            if "path" not in self.params:
+                raise ValueError(f"webhook trigger {self.type!r} needs a literal 'path' param (as the core webhook)")
+            self.validate = _also(self.validate, webhook_path_problems)
+        elif kind == "polling":
+            if self.poll is None:
+                raise ValueError(f"polling trigger {self.type!r} needs poll=")
+            if "interval_s" not in self.params:
+                self.params = {**self.params, "interval_s": Param(
+                    "number", default=POLL_INTERVAL_S, expression=False,
+                    description=f"seconds between polls (at least {POLL_INTERVAL_MIN_S})")}
+            self.validate = _also(self.validate, _poll_interval_problems)
+        elif kind == "event" and self.listen is None:
+            raise ValueError(f"event trigger {self.type!r} needs listen=")
 
     def output_names(self, params: Mapping[str, Any]) -> tuple[str, ...]:
         if callable(self.outputs):
             return tuple(self.outputs(params))
         return self.outputs
+
+
+def _passthrough(ctx: Any, items: list[dict]) -> list[dict]:
+    """A trigger's run: its items are what started the flow."""
+    return items
+
+
+def _also(validate: Callable[[Mapping[str, Any]], list[str]] | None,
+          check: Callable[[Mapping[str, Any]], list[str]]) -> Callable[[Mapping[str, Any]], list[str]]:
+    """`validate` followed by `check`, each message once (a node may already run the same check)."""
+    if validate is None or validate is check or getattr(validate, "_checks", ()).__contains__(check):
+        return validate or check
+
+    def both(params: Mapping[str, Any]) -> list[str]:
+        return list(dict.fromkeys([*validate(params), *check(params)]))
+    both._checks = (*getattr(validate, "_checks", ()), check)  # type: ignore[attr-defined]
+    return both
 
 
 @dataclass(frozen=True)
@@ -176,12 +347,29 @@ class Registry:
     def __init__(self) -> None:
         self._types: dict[str, NodeType] = {}
         self._credential_types: dict[str, CredentialType] = {}
+        #: Where the types registered next come from ("builtin:http", "plugin:/data/plugins/x.py"...).
+        self.source = "builtin"
+        #: Node type and credential type name -> the source that registered it.
+        self.sources: dict[str, str] = {}
+        self.credential_sources: dict[str, str] = {}
+        #: Connectors that failed to load or register: [{"source", "error"}] (see connectors.discover).
+        self.broken: list[dict[str, str]] = []
 
     def add(self, node_type: NodeType) -> NodeType:
         if node_type.type in self._types:
             raise ValueError(f"node type {node_type.type!r} is registered twice")
         self._types[node_type.type] = node_type
+        self.sources[node_type.type] = self.source
         return node_type
+
+    def discard(self, names: Sequence[str] = (), credential_types: Sequence[str] = ()) -> None:
+        """Take node types and credential types out again (what a connector that failed half-way added)."""
+        for name in names:
+            self._types.pop(name, None)
+            self.sources.pop(name, None)
+        for name in credential_types:
+            self._credential_types.pop(name, None)
+            self.credential_sources.pop(name, None)
 
     def get(self, name: str) -> NodeType | None:
         return self._types.get(name)
@@ -196,6 +384,7 @@ class Registry:
         if credential_type.name in self._credential_types:
             raise ValueError(f"credential type {credential_type.name!r} is registered twice")
         self._credential_types[credential_type.name] = credential_type
+        self.credential_sources[credential_type.name] = self.source
         return credential_type
 
     def credential_type(self, name: str) -> CredentialType | None:

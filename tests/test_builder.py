@@ -24,6 +24,12 @@ def admin(srv):
     return signed_in_admin(srv)
 
 
+def box(page: Page, node_id: str) -> dict[str, float]:
+    """Where a node is drawn on screen, once it is drawn (the canvas redraws after a zoom or pan)."""
+    expect(node(page, node_id)).to_be_visible()
+    return node(page, node_id).bounding_box() or {"x": float("nan"), "y": float("nan"), "width": float("nan")}
+
+
 def node(page: Page, node_id: str):
     return page.locator(f'.node[data-node-id="{node_id}"]')
 
@@ -102,7 +108,7 @@ def test_build_a_webhook_flow_by_drag_and_drop_run_it_and_see_the_execution(page
     expect(node(page, "set")).to_be_visible()
     assert abs(node(page, "set").bounding_box()["y"] - before["y"]) < 1  # positions survive a reload
 
-    page.get_by_label("Active").check()
+    page.get_by_label("Active", exact=True).check()
     expect(page.get_by_role("status")).to_contain_text("Active")
     hook_url = f"{srv.url}/hooks/{t}/orders/new"
     expect(page.locator("#webhook-url")).to_have_text(hook_url)
@@ -160,18 +166,19 @@ def test_edit_undo_redo_copy_paste_select_and_see_validation_at_the_field(page, 
     node(page, "hi").click(modifiers=["Shift"])
     expect(page.get_by_role("heading", name="2 nodes selected")).to_be_visible()
 
-    width = node(page, "hook").bounding_box()["width"]
+    width = box(page, "hook")["width"]
     page.get_by_role("button", name="Zoom in").click()
-    assert node(page, "hook").bounding_box()["width"] > width * 1.1
+    poll(lambda: box(page, "hook")["width"] > width * 1.1, 10, "the node drawn larger")
     page.get_by_role("button", name="Zoom out").click()
-    screen_x = node(page, "hook").bounding_box()["x"]
+    poll(lambda: abs(box(page, "hook")["width"] - width) < 1, 10, "the node drawn at its size again")
+    screen_x = box(page, "hook")["x"]
     page.keyboard.down("Alt")  # Alt + drag on the canvas pans
     page.mouse.move(canvas["x"] + 20, canvas["y"] + canvas["height"] - 20)
     page.mouse.down()
     page.mouse.move(canvas["x"] + 120, canvas["y"] + canvas["height"] - 20, steps=4)
     page.mouse.up()
     page.keyboard.up("Alt")
-    assert abs(node(page, "hook").bounding_box()["x"] - screen_x - 100) < 2
+    poll(lambda: abs(box(page, "hook")["x"] - screen_x - 100) < 2, 10, "the view panned by 100 px")
     expect(node(page, "hook")).to_have_css("left", "0px")  # panning moves the view, not the node
 
     hi_before = node(page, "hi").bounding_box()
@@ -234,7 +241,7 @@ def test_a_viewer_sees_the_flow_read_only_and_cannot_save(page, srv, admin):
     expect(page.get_by_role("button", name="Save")).to_have_count(0)
     expect(page.get_by_role("button", name="Test run")).to_have_count(0)
     expect(page.get_by_label("Node palette")).to_have_count(0)
-    expect(page.get_by_label("Active")).to_be_disabled()
+    expect(page.get_by_label("Active", exact=True)).to_be_disabled()
     before = node(page, "hi").bounding_box()
     page.mouse.move(before["x"] + 60, before["y"] + 15)
     page.mouse.down()

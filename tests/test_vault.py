@@ -100,7 +100,7 @@ def test_data_is_checked_against_the_type_registered_by_connectors(settings):
     with opened(settings) as rt:
         tid = rt.tenant_id("default")
         cases = [
-            ("nope", {"token": "x"}, "unknown credential type 'nope'; types: basic, bearer, generic, header"),
+            ("nope", {"token": "x"}, "unknown credential type 'nope'; types: " + ", ".join(rt.registry.credential_type_names())),
             ("bearer", {}, "field 'token' is required for a bearer credential"),
             ("bearer", {"token": ""}, "field 'token' is required for a bearer credential"),
             ("bearer", {"token": "t", "extra": "x"}, "a bearer credential has no field 'extra' (its fields: token)"),

@@ -5,6 +5,12 @@ its result; asynchronous ones (`immediately`) answer 202 once the execution is i
 message in the queue. Unknown path 404, wrong method 405, malformed JSON 400, body over the limit
 413: none of these creates an execution. The flow is found in memory (see Catalog.route).
 
+A connector's webhook trigger (any node type with trigger_kind "webhook") is routed like the core
+webhook. If it has `verify`, the request (raw body, every header, query, the node's params and
+decrypted credential) is checked first: `Unverified` answers 401 with its message and starts
+nothing. If it has `respond`, a handshake (Slack's url_verification) is answered before any
+execution when it returns (status, headers, body).
+
 Tenant quotas are checked from memory too (see appliance.quotas and web.limits): past
 webhook_requests_per_minute, or executions_per_month, a request gets 429 with Retry-After and
 creates no execution. Synchronous webhooks count against concurrent_executions in this process:
@@ -29,6 +35,7 @@ from appliance.catalog import QuotaExceeded
 from appliance.runs import new_id
 from appliance.runtime import Runtime
 from engine import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, WAITING, Outcome
+from engine.nodes import Unverified, WebhookRequest
 
 from .limits import RateLimiter, SyncSlots
 
@@ -62,6 +69,18 @@ async def _send(send, status: int, body: Any, headers: list[tuple[bytes, bytes]]
 
 async def _read_items(scope, receive, limit: int, content_type: str, query: dict[str, Any]) -> list[dict]:
     """The request body as trigger items; 413 over `limit` bytes, 400 for malformed JSON."""
+    return _parse_items(await _read_body(scope, receive, limit), content_type, query)
+
+
+def _parse_items(body: bytes, content_type: str, query: dict[str, Any]) -> list[dict]:
+    try:
+        return _items(body, content_type, query)
+    except msgspec.DecodeError as exc:
+        raise _Rejected(400, f"body is not valid JSON: {exc}") from None
+
+
+async def _read_body(scope, receive, limit: int) -> bytes:
+    """The raw request body; 413 over `limit` bytes."""
     too_large = _Rejected(413, f"body is larger than {limit} bytes")
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -78,10 +97,7 @@ async def _read_items(scope, receive, limit: int, content_type: str, query: dict
             chunks.append(chunk)
         if not message.get("more_body"):
             break
-    try:
-        return _items(b"".join(chunks), content_type, query)
-    except msgspec.DecodeError as exc:
-        raise _Rejected(400, f"body is not valid JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 def _items(body: bytes, content_type: str, query: dict[str, Any]) -> list[dict]:
@@ -163,16 +179,27 @@ class Hooks:
         limits = rt.quotas.limits(flow.tenant_id)
         if limits.webhook_requests_per_minute:
             self._check_rate(tenant, flow.tenant_id, limits.webhook_requests_per_minute)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         content_type = headers.get("content-type", "").lower()
-        for name in SECRET_HEADERS.intersection(headers):
-            del headers[name]
         qs = scope["query_string"]
         query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(qs.decode("latin-1")).items()} if qs else {}
-        items = await _read_items(scope, receive, rt.settings.server.max_body_bytes, content_type, query)
-        meta = {"request": {"method": method, "path": hook_path, "query": query, "headers": headers}}
         compiled = rt.catalog.compiled(flow.id, flow.version)
-        if compiled.trigger.raw_params.get("respond") == "immediately":
+        body = await _read_body(scope, receive, rt.settings.server.max_body_bytes)
+        spec = compiled.trigger.spec
+        if spec.verify is not None or spec.respond is not None:
+            handshake = await self._check(flow, compiled.trigger, body, dict(headers), query)
+            if handshake is not None:
+                status, extra, answer = handshake
+                return await _send(send, status, answer, [(str(k).lower().encode("latin-1"), str(v).encode("latin-1"))
+                                                          for k, v in (extra or {}).items()])
+        items = _parse_items(body, content_type, query)
+        for name in SECRET_HEADERS.intersection(headers):
+            del headers[name]
+        meta = {"request": {"method": method, "path": hook_path, "query": query, "headers": headers}}
+        respond = compiled.trigger.raw_params.get("respond")
+        if respond is None and (declared := spec.params.get("respond")) is not None:
+            respond = declared.default  # a trigger type's own default (the core webhook's is when_done)
+        if respond == "immediately":
             execution_id = await rt.aqueue_execution(flow, "webhook", items, meta)
             return await _send(send, 202, {"execution_id": execution_id, "status": "queued"},
                                [(b"x-flowfuse-execution", execution_id.encode())])
@@ -188,6 +215,32 @@ class Hooks:
             await self._run_sync(send, flow, items, meta, deadline)
         finally:
             self.slots.release(flow.tenant_id, rt.quotas.concurrency(flow.tenant_id))
+
+    async def _check(self, flow, trigger, body: bytes, headers: dict[str, str],
+                     query: dict[str, Any]) -> tuple[int, dict, Any] | None:
+        """Run the trigger's `verify` (401 on Unverified) and `respond` (a handshake answer, or None)."""
+        credential = None
+        if trigger.credential:
+            try:
+                credential = await asyncio.to_thread(self.runtime.credential, flow.tenant_id, trigger.credential)
+            except LookupError as exc:
+                log.warning("webhook of flow %s not verified: %s", flow.name, exc)
+                raise _Rejected(401, "request not verified: the webhook's credential is not available") from None
+        request = WebhookRequest(body=body, headers=headers, query=query, params=dict(trigger.raw_params),
+                                 credential=credential, now=time.time())
+        spec = trigger.spec
+        try:
+            if spec.verify is not None:
+                checked = spec.verify(request)
+                if asyncio.iscoroutine(checked):
+                    await checked
+            if spec.respond is not None:
+                answer = spec.respond(request)
+                return await answer if asyncio.iscoroutine(answer) else answer
+        except Unverified as exc:
+            log.info("webhook of flow %s refused a request: %s", flow.name, exc)
+            raise _Rejected(401, str(exc) or "request not verified") from None
+        return None
 
     def _check_rate(self, slug: str, tenant_id: str, per_minute: int) -> None:
         wait = self.rate.check(tenant_id, per_minute, time.monotonic())

@@ -16,10 +16,11 @@ from litestar import Router
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 
-from . import debug, flows, people, tenants
+from . import connectors, debug, flows, oauth, people, tenants
 from .base import Problem, access_dependency, authenticate, on_error, principal_dependency, problem
 
-HANDLERS = people.HANDLERS + tenants.HANDLERS + flows.HANDLERS + debug.HANDLERS
+HANDLERS = people.HANDLERS + tenants.HANDLERS + flows.HANDLERS + debug.HANDLERS + oauth.HANDLERS
+HANDLERS += connectors.HANDLERS
 
 _PROBLEMS = {code: ResponseSpec(data_container=Problem, media_type="application/problem+json", description=text)
              for code, text in ((400, "Malformed request: the body or a parameter does not fit"),

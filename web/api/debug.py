@@ -25,10 +25,11 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from appliance.catalog import Conflict, NotFound
 from appliance.identity import Access, Principal
 from appliance.runtime import Runtime
+from connectors import icon_file
 from engine import FINAL
 from engine.nodes import NodeType
 
-from .base import Body, Problem, audit, runtime_of
+from .base import Body, Problem, audit, check_access, runtime_of
 
 #: Node ids a pin may name when the flow's latest version lacks the node (a node of an unsaved draft).
 NODE_ID = re.compile(r"^\w[\w .:-]{0,99}$")
@@ -58,7 +59,9 @@ def _node_type(spec: NodeType) -> dict[str, Any]:
     outputs = None if callable(spec.outputs) else list(spec.outputs)
     view: dict[str, Any] = {
         "type": spec.type, "label": spec.label, "category": spec.category, "description": spec.description,
-        "trigger": spec.trigger, "outputs": outputs, "multi_input": spec.multi_input, "credential": spec.credential,
+        "trigger": spec.trigger, "trigger_kind": spec.trigger_kind, "outputs": outputs,
+        "multi_input": spec.multi_input, "credential": spec.credential, "credential_types": list(spec.credential_types),
+        "icon": f"/api/v1/node-icons/{spec.icon}" if icon_file(spec.icon) else None,
         "params": {name: {"kind": p.kind, "required": p.required, "default": p.default, "choices": list(p.choices),
                           "expression": p.expression, "description": p.description}
                    for name, p in spec.params.items()}}
@@ -67,10 +70,25 @@ def _node_type(spec: NodeType) -> dict[str, Any]:
     return view
 
 
-@get("/node-types", sync_to_thread=False, summary="Every node type with its params and outputs (the editor's palette)")
-def node_types(request: Request, principal: Principal) -> dict:
-    registry = runtime_of(request).registry
-    return {"node_types": [_node_type(registry.get(name)) for name in registry.names()]}
+@get("/node-types", sync_to_thread=True, summary="Every node type with its params and outputs (the editor's palette); "
+                                                 "with `tenant`, that tenant's imported connectors' actions too")
+def node_types(request: Request, principal: Principal, tenant: str | None = None) -> dict:
+    rt = runtime_of(request)
+    registry = rt.registry
+    if tenant is not None:  # the caller must be able to read the tenant's flows (404 for a stranger)
+        registry = rt.catalog.registry_for(check_access(request, principal, tenant, "flows.read").tenant_id)
+    return {"node_types": [_node_type(registry.get(name)) for name in registry.names()],
+            "broken": [{"source": b["source"], "error": b["error"]} for b in rt.registry.broken]}
+
+
+@get("/node-icons/{icon:str}", sync_to_thread=False, summary="A node type's icon (an SVG shipped with its connector)",
+     media_type="image/svg+xml")
+def node_icon(icon: str) -> Response[bytes]:
+    found = icon_file(icon)
+    if found is None:
+        raise NotFound(f"no icon {icon!r}")
+    return Response(found.read_bytes(), media_type="image/svg+xml",
+                    headers={"cache-control": "public, max-age=86400", "content-security-policy": "default-src 'none'"})
 
 
 @get("/credential-types", sync_to_thread=False,
@@ -223,7 +241,7 @@ def _node_ids(doc: dict[str, Any]) -> set[str]:
     return {n.get("id") for n in doc.get("nodes") or () if isinstance(n, dict)}
 
 
-HANDLERS = [node_types, credential_types, start_test_run, list_pins, set_pin, delete_pin, continue_execution,
+HANDLERS = [node_types, node_icon, credential_types, start_test_run, list_pins, set_pin, delete_pin, continue_execution,
             execution_events]
 
 __all__ = ["HANDLERS"]

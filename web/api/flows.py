@@ -65,7 +65,7 @@ def save_flow(request: Request, principal: Principal, access: Access,
 @post("/tenants/{tenant:str}/flows/validate", sync_to_thread=True, status_code=200,
       summary="Check a flow without saving it", opt={"permission": "flows.read"})
 def validate_flow(request: Request, principal: Principal, access: Access, tenant: str, data: dict[str, Any]) -> dict:
-    flow = runtime_of(request).catalog.validate(data)
+    flow = runtime_of(request).catalog.validate(data, access.tenant_id)
     return {"valid": True, "name": flow.name, "nodes": len(flow.nodes)}
 
 

@@ -198,6 +198,7 @@ function buildPalette() {
     for (const spec of byCategory.get(cat).sort((a, b) => (a.label || a.type).localeCompare(b.label || b.type))) {
       const item = h("li", { class: "palette-item", tabindex: "0", role: "button", "data-type": spec.type,
                              "aria-label": `Add ${spec.label || spec.type}`, title: spec.description || spec.type },
+        spec.icon ? h("img", { class: "palette-icon", src: spec.icon, alt: "" }) : null,
         h("span", { class: "palette-label", text: spec.label || spec.type }), h("span", { class: "palette-desc", text: spec.description || "" }));
       item.addEventListener("pointerdown", (e) => dragFromPalette(e, spec.type));
       item.addEventListener("keydown", (e) => {
@@ -468,7 +469,7 @@ function loadDoc(view) {
 }
 
 async function start() {
-  const types = await api("/node-types");
+  const types = await api(`/node-types?tenant=${encodeURIComponent(tenant)}`);
   if (!types.ok) {
     message(`Could not load the node types: ${explain(types)}`, "error");
   } else {
