@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from connectors.sdk.auth import CredentialAuth
 from engine.executor import redact_text
 
 from .core import HTTP_METHODS
@@ -37,32 +38,12 @@ def client() -> httpx.AsyncClient:
     return found
 
 
-def _auth(credential: dict | None, headers: dict[str, str]) -> httpx.Auth | None:
-    if not credential:
-        return None
-    kind = credential.get("type")
-    try:
-        if kind == "basic":
-            return httpx.BasicAuth(credential["username"], credential["password"])
-        if kind == "bearer":
-            headers["Authorization"] = f"Bearer {credential['token']}"
-            return None
-        if kind == "header":
-            headers[credential["name"]] = credential["value"]
-            return None
-    except KeyError as exc:
-        raise NodeError(f"credential of type {kind!r} lacks the field {exc.args[0]!r}") from None
-    raise NodeError(f"credential type {kind!r} cannot authenticate HTTP requests (use basic, bearer or header)")
-
-
 def try_credential(credential: dict, url: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """GET `url` authenticated with the credential (the console's and API's "test" button):
     {"ok", "status"}, or {"ok": False, "message"} when no answer came. Secrets never appear in it."""
-    headers: dict[str, str] = {}
     try:
-        auth = _auth(credential, headers)
         with httpx.Client(timeout=timeout_s, headers={"User-Agent": "FlowFuse"}) as client:
-            response = client.get(url, headers=headers, auth=auth)
+            response = client.get(url, auth=CredentialAuth(credential) if credential else None)
     except (NodeError, httpx.HTTPError, httpx.InvalidURL) as exc:
         return {"ok": False, "message": redact_text(str(exc) or type(exc).__name__, credential)}
     return {"ok": response.status_code < 400, "status": response.status_code}
@@ -91,7 +72,7 @@ async def _request(ctx: NodeContext, item: dict, idempotency_key: str) -> dict:
         raise NodeError(f"method must be one of {', '.join(HTTP_METHODS)}, got {method!r}")
     headers = {str(k): str(v) for k, v in (p["headers"] or {}).items()}
     headers.setdefault("Idempotency-Key", idempotency_key)
-    auth = _auth(ctx.credential, headers)
+    auth = CredentialAuth(ctx.credential, ctx) if ctx.credential else None
     kwargs: dict[str, Any] = {}
     body = p["body"]
     if body is not None and method not in ("GET", "HEAD"):

@@ -377,8 +377,9 @@ def test_a_credential_of_a_type_that_cannot_authenticate_http(peer, runtime):
     runtime.vault.put(runtime.tenant_id("default"), "gen", "generic", {"anything": "value"})
     _, outcome = run_saved(runtime, request_flow({"url": peer.url + "/x"}, node={"credential": "gen"}))
     assert outcome.status == "failed"
-    assert outcome.error["message"] == ("credential type 'generic' cannot authenticate HTTP requests "
-                                        "(use basic, bearer or header)")
+    assert outcome.error["message"] == ("credential type 'generic' cannot authenticate HTTP requests by itself "
+                                        "(use api_key, bearer, basic, header or an OAuth2 type, or "
+                                        "register_scheme() for it)")
 
 
 def test_credentials_need_a_data_directory(peer):

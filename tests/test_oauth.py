@@ -14,9 +14,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from conftest import flowfuse, free_port
 from tests.api_helpers import ADMIN, PASSWORD, Client, new_key, signed_in_admin
+from tests.browser import sign_in
 from tests.conftest import Server
 
 CLIENT_ID, CLIENT_SECRET = "flowfuse-app", "s3cret-client-0123456789"
@@ -250,3 +252,21 @@ def test_callback_refuses_a_forged_or_foreign_state_and_viewers_cannot_start(app
     wrong_type = admin.get(f"/tenants/default/credentials/{basic.json()['id']}/oauth/start")
     assert wrong_type.status_code == 422 and "oauth2_authorization_code" in wrong_type.json()["detail"]
     assert provider.token_requests == []
+
+
+def test_the_credential_page_connects_an_authorization_code_credential_in_a_real_browser(app, provider, page):
+    admin = signed_in_admin(app)
+    made = admin.post("/tenants/default/credentials", json={
+        "name": "crm-console", "type": "oauth2_authorization_code", "data": {
+        "auth_url": f"{provider.url}/authorize", "token_url": f"{provider.url}/token", "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET, "scope": "contacts"}})
+    assert made.status_code == 201, made.text
+    cid = made.json()["id"]
+    sign_in(page, app.url, ADMIN, PASSWORD)
+    page.goto(f"{app.url}/t/default/credentials/{cid}")
+    expect(page.get_by_role("region", name="Connect")).to_contain_text("Not connected yet")
+    page.get_by_role("link", name="Connect", exact=True).click()  # to the provider and back
+    expect(page).to_have_url(f"{app.url}/t/default/credentials/{cid}")
+    expect(page.get_by_role("region", name="Connect")).to_contain_text("Connected: flows use its tokens")
+    assert provider.grants() == ["authorization_code"]
+    assert "at-" not in page.content() and "rt-" not in page.content()  # tokens are never shown
