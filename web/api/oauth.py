@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 from litestar import Request, Response, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.response import Redirect
 
 from appliance.identity import Access, Invalid, Principal
@@ -107,7 +107,7 @@ def oauth_start(request: Request, principal: Principal, access: Access, tenant: 
 
 @get(CALLBACK.removeprefix("/api/v1"), sync_to_thread=True,
      summary="Where the OAuth2 provider sends the browser back: exchanges the code and keeps the tokens")
-def oauth_callback(request: Request, principal: Principal, oauth_state: str = Parameter(query="state", default=""),
+def oauth_callback(request: Request, principal: Principal, oauth_state: str = QueryParameter(name="state", default=""),
                    code: str = "", error: str | None = None, error_description: str | None = None) -> Response:
     found, payload = _open_state(request, oauth_state, principal)
     rt = runtime_of(request)
