@@ -345,7 +345,7 @@ def test_failing_subflow_fails_the_caller_with_its_message(server):
 def test_cancel_a_waiting_execution(server, peer):
     server.import_flow({"name": "parked", "nodes": [
         hook("parked"),
-        {"id": "pause", "type": "wait", "params": {"seconds": 3}},
+        {"id": "pause", "type": "wait", "params": {"seconds": 8}},  # long enough for a slow CLI to cancel it first
         {"id": "ping", "type": "http_request", "params": {"url": peer.url + "/never"}},
     ], "edges": chain(hook("parked"), {"id": "pause"}, {"id": "ping"})})
     posted = time.monotonic()
@@ -356,7 +356,7 @@ def test_cancel_a_waiting_execution(server, peer):
     assert "was waiting" in result.stdout
     shown = server.execution(execution_id)
     assert shown["status"] == "cancelled"
-    time.sleep(max(0.0, posted + 4 - time.monotonic()))  # past the wait's end: its resume must not revive it
+    time.sleep(max(0.0, posted + 9 - time.monotonic()))  # past the wait's end: its resume must not revive it
     assert server.execution(execution_id)["status"] == "cancelled"
     assert peer.counts["/never"] == 0
 
@@ -416,7 +416,7 @@ def test_async_webhooks_are_queued_durably_while_no_worker_runs(tmp_path, peer):
 
 
 def test_cancel_a_sync_webhook_execution_running_in_the_web_process(server, peer):
-    peer.behave["/slow-sync"] = lambda count, req: (200, {"done": True}, 10)
+    peer.behave["/slow-sync"] = lambda count, req: (200, {"done": True}, 20)  # far longer than a slow CLI takes
     server.import_flow({"name": "long sync call", "nodes": [
         hook("long-sync-call", respond="when_done"),
         {"id": "slow", "type": "http_request", "params": {"url": peer.url + "/slow-sync"}},
@@ -434,7 +434,7 @@ def test_cancel_a_sync_webhook_execution_running_in_the_web_process(server, peer
     assert "was running" in result.stdout
     shown = finished(server, listed[0]["id"], timeout=15)
     assert shown["status"] == "cancelled"
-    assert shown["finished_at"] < peer.of("/slow-sync")[0]["at"] + 10  # it did not wait for the slow answer
+    assert shown["finished_at"] < peer.of("/slow-sync")[0]["at"] + 20  # it did not wait for the slow answer
     caller.join(timeout=30)
     assert answers[0].status_code == 409
     assert answers[0].json() == {"execution_id": listed[0]["id"], "status": "cancelled"}
