@@ -46,6 +46,20 @@ bench: install-test
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
+# The single-file binary dist/flowfuse (PyInstaller, Linux x86-64), with dist/flowfuse.sha256 and the CycloneDX
+# SBOM dist/flowfuse.cdx.json beside it; the build tools go into the venv, never into the binary.
+.PHONY: binary test-binary
+BUILD_TOOLS := "pyinstaller>=6.10,<7" "cyclonedx-bom>=4,<8"
+
+binary: install
+	@$(PY) -c "import PyInstaller, cyclonedx_py" 2>/dev/null || $(PY) -m pip install --quiet $(BUILD_TOOLS)
+	bash packaging/build.sh $(abspath $(PY))
+
+# Builds the binary, then runs it end to end (tests_binary/, which `make test` does not collect).
+test-binary: install-test
+	@$(PY) -c "import PyInstaller, cyclonedx_py" 2>/dev/null || $(PY) -m pip install --quiet $(BUILD_TOOLS)
+	FLOWFUSE_TEST_BINARY=1 $(PY) -m pytest -s -p no:cacheprovider tests_binary $(PYTEST_ARGS)
+
 # PNGs of the console's main pages in docs/screenshots/ (a real server with sample data, Chromium via Playwright).
 .PHONY: screenshots
 screenshots: install-test browsers

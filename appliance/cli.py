@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -12,14 +13,24 @@ import click
 
 from engine import FlowInvalid
 
-from . import commands
+from . import build_info, commands
 from .catalog import Conflict, NotFound
+from .db import NewerDataDirectory
 from .identity import Invalid
 from .runtime import NotInitialised, init_data_dir
 from .settings import SettingsError, load
 from .vault import CredentialError
 
-EXPECTED = (commands.CommandError, SettingsError, NotFound, Conflict, NotInitialised, CredentialError, Invalid)
+EXPECTED = (commands.CommandError, SettingsError, NotFound, Conflict, NotInitialised, CredentialError, Invalid,
+            NewerDataDirectory)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    info = build_info()
+    click.echo(f"flowfuse {info['version']}\ncommit {info['commit']}\nbuilt {info['build_date']}")
+    ctx.exit()
 
 
 def _settings(ctx: click.Context, **overrides: Any):
@@ -52,6 +63,8 @@ tenant_option = click.option("--tenant", help="tenant slug (default: default)")
 
 
 @click.group(cls=Group)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="print the version, commit and build date, and exit")
 @click.option("--config", type=click.Path(dir_okay=False), help="settings file (default: $FLOWFUSE_CONFIG or ./flowfuse.toml)")
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
@@ -89,7 +102,7 @@ def serve(ctx: click.Context, data_dir: str | None, host: str | None, port: int 
     from .serve import supervise
 
     settings = _settings(ctx, **{"storage.data_dir": data_dir, "server.host": host, "server.port": port})
-    _logging(settings)
+    _logging(settings, "serve")
     sys.exit(supervise(settings, ctx.obj["config"]))
 
 
@@ -102,7 +115,7 @@ def web(ctx: click.Context, data_dir: str | None, host: str | None, port: int | 
     from web.server import run_web
 
     settings = _settings(ctx, **{"storage.data_dir": data_dir, "server.host": host, "server.port": port})
-    _logging(settings)
+    _logging(settings, "web")
     run_web(settings, expect_worker=expect_worker)
 
 
@@ -114,7 +127,7 @@ def worker(ctx: click.Context, data_dir: str | None) -> None:
     from .worker import run_worker
 
     settings = _settings(ctx, **{"storage.data_dir": data_dir})
-    _logging(settings)
+    _logging(settings, "worker")
     run_worker(settings)
 
 
@@ -332,13 +345,16 @@ def audit_export(ctx, fmt: str, since: str | None, tenant: str | None, data_dir:
         sys.exit(2)
 
 
-def _logging(settings) -> None:
+def _logging(settings, role: str = "cli") -> None:
+    """Logs (JSON or text, secrets redacted) for every command; for the server processes also metrics,
+    traces and error reports (appliance.telemetry), flushed at exit."""
     logging.basicConfig(level=settings.logging.level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if role in ("serve", "web", "worker"):
+        from . import telemetry
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+        telemetry.setup(settings, role)
+        atexit.register(telemetry.shutdown)
 
 
 @main.group()
@@ -465,3 +481,74 @@ def connectors_docs(ctx, out: str | None, data_dir: str | None) -> None:
     Path(out).write_text(page)
     click.echo(f"wrote {out}: {len(registry.names())} node types, {len(registry.credential_type_names())} "
                "credential types")
+
+
+
+@main.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--passphrase", help="encrypt the archive and include the master key in it (default: "
+                                   "$FLOWFUSE_BACKUP_PASSPHRASE); without one the archive is plain and holds no key")
+@data_dir_option
+@click.pass_context
+def backup_cmd(ctx, file: str, passphrase: str | None, data_dir: str | None) -> None:
+    """Write a consistent snapshot of every database to FILE; flowfuse may keep running."""
+    from pathlib import Path
+
+    from . import backup
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    passphrase = passphrase or os.environ.get(backup.PASSPHRASE_ENV) or None
+    try:
+        manifest = backup.create(settings.data_dir, Path(file), passphrase)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    sizes = ", ".join(f"{name} {size:,} B" for name, size in manifest["databases"].items())
+    click.echo(f"backup written to {file}: {sizes}; "
+               + ("encrypted, with the master key" if manifest["master_key"] else
+                  "encrypted" if manifest["encrypted"] else "not encrypted"))
+    if manifest.get("warning"):
+        click.echo(f"note: {manifest['warning']}", err=True)
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--passphrase", help="passphrase of an encrypted archive (default: $FLOWFUSE_BACKUP_PASSPHRASE)")
+@data_dir_option
+@click.pass_context
+def restore_cmd(ctx, file: str, passphrase: str | None, data_dir: str | None) -> None:
+    """Unpack the backup FILE into an empty (or new) data directory."""
+    from pathlib import Path
+
+    from . import backup
+
+    settings = _settings(ctx, **{"storage.data_dir": data_dir})
+    passphrase = passphrase or os.environ.get(backup.PASSPHRASE_ENV) or None
+    try:
+        manifest = backup.restore(Path(file), settings.data_dir, passphrase)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {', '.join(manifest['databases'])} into {settings.data_dir}")
+    if not manifest["master_key"]:
+        click.echo("note: the archive holds no master key: put flowfuse.key (mode 0600) into the data directory "
+                   "or set FLOWFUSE_MASTER_KEY before starting flowfuse", err=True)
+
+
+@main.command("doctor")
+@click.option("--min-free-mb", type=click.IntRange(0), default=1024, show_default=True,
+              help="warn when the data directory's file system has less free space")
+@data_dir_option
+@click.pass_context
+def doctor_cmd(ctx, min_free_mb: int, data_dir: str | None) -> None:
+    """Check the data directory (permissions, master key, databases, audit log, disk, clock, TLS, worker);
+    exit 1 if any check fails."""
+    from .doctor import FAIL, run_checks
+
+    checks = run_checks(_settings(ctx, **{"storage.data_dir": data_dir}), min_free_mb)
+    for check in checks:
+        click.echo(check.line())
+    if any(c.level == FAIL for c in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

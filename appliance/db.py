@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import datetime
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +28,32 @@ import sqlite_utils
 
 log = logging.getLogger("flowfuse.db")
 T = TypeVar("T")
+
+
+class DiskFull(sqlite3.OperationalError):
+    """A write failed because the disk (or the database's size limit) is full: SQLite rolled the
+    transaction back, so nothing stored before is harmed. Writes succeed again once space is freed."""
+
+
+def disk_full(exc: BaseException, path: Path) -> BaseException:
+    """`exc` as DiskFull when it is SQLite's SQLITE_FULL, else `exc` itself."""
+    if isinstance(exc, sqlite3.Error) and not isinstance(exc, DiskFull) and (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL):
+        full = DiskFull(f"no space left to write {path.name} (disk full): new executions cannot be stored until "
+                        f"space is freed on the file system of {path.parent}; what is already stored is intact")
+        full.sqlite_errorcode = sqlite3.SQLITE_FULL
+        return full
+    return exc
+
+
+#: For tests of a full disk: "runs.db=300" caps that file at 300 pages in every writer of the process
+#: (PRAGMA max_page_count), so that SQLite fails with SQLITE_FULL as on a full file system.
+PAGE_LIMIT_ENV = "FLOWFUSE_TEST_MAX_PAGES"
+
+
+def _page_limit(path: Path) -> int | None:
+    name, _, pages = os.environ.get(PAGE_LIMIT_ENV, "").partition("=")
+    return int(pages) if name == path.name and pages.isdigit() else None
 
 
 def connect(path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -38,7 +66,7 @@ def connect(path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
     return conn
 
 
-@contextmanager
+@contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive lock between processes (released by the OS if the holder dies)."""
     with open(path, "a+") as handle:
@@ -49,13 +77,71 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def migrate(path: Path, migrations: sqlite_utils.Migrations) -> list[str]:
-    """Apply pending migrations under a file lock; returns the names applied."""
+class NewerDataDirectory(RuntimeError):
+    """A database holds migrations this binary does not know: it was written by a newer FlowFuse."""
+
+
+def unknown_migrations(db: sqlite_utils.Database, migrations: sqlite_utils.Migrations) -> list[str]:
+    """Migrations applied to the database that are not in `migrations` (a newer binary applied them)."""
+    known = {m.name for m in migrations._migrations}
+    return [m.name for m in migrations.applied(db) if m.name not in known]
+
+
+def refuse_newer(path: Path, unknown: list[str]) -> NewerDataDirectory:
+    return NewerDataDirectory(
+        f"{path} was migrated by a newer FlowFuse (migrations this binary does not know: {', '.join(unknown)}); "
+        "start the newer binary again, or restore a backup taken before the upgrade (see <data_dir>/backups)")
+
+
+def check_known(path: Path, migrations: sqlite_utils.Migrations) -> None:
+    """Raise NewerDataDirectory if the database at `path` holds migrations this binary does not know."""
+    if not path.exists():
+        return
+    conn = connect(path)
+    try:
+        unknown = unknown_migrations(sqlite_utils.Database(conn), migrations)
+    finally:
+        conn.close()
+    if unknown:
+        raise refuse_newer(path, unknown)
+
+
+def backup_to(conn: sqlite3.Connection, dest: Path) -> Path:
+    """A consistent copy of the open database at `dest` (SQLite's online backup API), readable by its owner only."""
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    os.close(fd)
+    target = sqlite3.connect(partial)
+    try:
+        conn.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, opened without -wal/-shm
+    finally:
+        target.close()
+    os.replace(partial, dest)
+    return dest
+
+
+def migrate(path: Path, migrations: sqlite_utils.Migrations, backup_dir: Path | None = None) -> list[str]:
+    """Apply pending migrations under a file lock; returns the names applied.
+
+    Refuses (NewerDataDirectory) a database that holds migrations this code does not know. With
+    `backup_dir`, a database that already holds data is first copied to
+    `<backup_dir>/<name>-<UTC timestamp>-before-<first pending migration>.db`.
+    """
     with file_lock(path.with_name(path.name + ".migrate.lock")):
         conn = connect(path)
         try:
             db = sqlite_utils.Database(conn)
+            unknown = unknown_migrations(db, migrations)
+            if unknown:
+                raise refuse_newer(path, unknown)
             pending = [m.name for m in migrations.pending(db)]
+            if pending and backup_dir is not None and migrations.applied(db):
+                stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+                dest = backup_to(conn, backup_dir / f"{path.stem}-{stamp}-before-{pending[0]}.db")
+                log.warning("backed up %s to %s before applying migrations %s", path.name, dest, ", ".join(pending))
             migrations.apply(db)
             return pending
         finally:
@@ -110,6 +196,11 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._checkpointer: Checkpointer | None = None
         self._loop_thread: int | None = None  # the loop's thread, learned on its first write
+        self.full: str | None = None  # the last DiskFull message, until there is room again (_has_room)
+        self._full_pages = 0
+        limit = _page_limit(path)
+        if limit is not None:
+            self._conn.execute(f"PRAGMA max_page_count={limit}")
         if loop is not None:  # keep checkpoints (and their fsync) off the loop: see Checkpointer
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back after a burst
@@ -234,9 +325,24 @@ class Writer:
             except Exception as exc:  # noqa: BLE001 - handed to the caller
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                job.result, job.error = None, exc
+                job.result, job.error = None, disk_full(exc, self.path)
         conn.execute("COMMIT")
         return True
+
+    def _note_full(self, exc: BaseException) -> None:
+        self.full = str(exc)
+        with contextlib.suppress(sqlite3.Error):
+            self._full_pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+
+    def _has_room(self) -> bool:
+        """After a DiskFull: whether writes may fit again (the file grew since, or has free pages);
+        a commit that needed no new page (a heartbeat) says nothing about space."""
+        try:
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return pages > self._full_pages or free > 0
 
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
@@ -245,10 +351,21 @@ class Writer:
                 self._transaction(batch, isolate=True)  # a job failed: redo, each in its own savepoint
             self.commits += 1
             self.writes += len(batch)
+            full = next((job.error for job in batch if isinstance(job.error, DiskFull)), None)
+            if full is not None:
+                self._note_full(full)
+            elif self.full is not None and self._has_room():
+                self.full = None
         except Exception as exc:  # the transaction itself failed (disk full, I/O error)
-            log.exception("write transaction on %s failed", self.path.name)
+            exc = disk_full(exc, self.path)
+            if isinstance(exc, DiskFull):
+                self._note_full(exc)
+                log.error("%s", exc)
+            else:
+                log.exception("write transaction on %s failed", self.path.name)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             for job in batch:
                 job.error, job.result = exc, None
         elsewhere: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
@@ -337,6 +454,11 @@ class Database:
             if self._writer is not None:
                 self._writer.close()
             self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch, loop=loop)
+
+    @property
+    def disk_full(self) -> str | None:
+        """Why this process's last write failed for want of space, until a write succeeds again."""
+        return self._writer.full if self._writer is not None else None
 
     def read(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

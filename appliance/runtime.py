@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,18 @@ from typing import Any
 from connectors import default_registry
 from connectors.http import try_credential
 from engine import (
-    FAILED, FINAL, RUNNING, SUCCEEDED, WAITING, ExecutionRef, Executor, Flow, FlowInvalid, Limits, NodeError, Outcome,
+    FAILED,
+    FINAL,
+    RUNNING,
+    SUCCEEDED,
+    WAITING,
+    ExecutionRef,
+    Executor,
+    Flow,
+    FlowInvalid,
+    Limits,
+    NodeError,
+    Outcome,
     Run,
 )
 from engine.executor import pinned_outputs
@@ -30,12 +42,12 @@ from engine.flow import ancestors, descendants
 from . import schema
 from .audit import AuditLog
 from .catalog import Catalog, FlowRow, NotFound, QuotaExceeded
-from .db import Database, Writer, migrate, pending_migrations
+from .db import Database, Writer, check_known, migrate, pending_migrations
+from .identity import Identity, Invalid
 from .queue import make_queue
 from .quotas import QuotaBook, TenantGate
 from .runs import ClaimLost, RunStore, execution_row
 from .settings import Settings
-from .identity import Identity, Invalid
 from .vault import Vault
 
 log = logging.getLogger("flowfuse")
@@ -76,9 +88,13 @@ def init_data_dir(settings: Settings) -> dict[str, Any]:
     """Create the data directory, apply migrations, create the master key and the tenant 'default'."""
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    applied = {"flowfuse.db": migrate(data / "flowfuse.db", schema.control),
-               "runs.db": migrate(data / "runs.db", schema.runs),
-               "audit.db": migrate(data / "audit.db", schema.audit)}
+    data.chmod(0o700)  # credentials' keys, sessions and execution data: for the service's user alone
+    backups = data / "backups"  # each database that holds data is copied here before migrations change it
+    for name, migrations in (("flowfuse.db", schema.control), ("runs.db", schema.runs), ("audit.db", schema.audit)):
+        check_known(data / name, migrations)  # a newer data directory changes nothing, not even one database
+    applied = {"flowfuse.db": migrate(data / "flowfuse.db", schema.control, backups),
+               "runs.db": migrate(data / "runs.db", schema.runs, backups),
+               "audit.db": migrate(data / "audit.db", schema.audit, backups)}
     runtime = Runtime(settings, role="cli")
     try:
         runtime.vault.initialise()  # flowfuse.key (0600) unless a key is configured, and its check value
@@ -94,6 +110,8 @@ class Runtime:
         data = settings.data_dir
         if not (data / "flowfuse.db").exists():
             raise NotInitialised(f"no data directory at {data}; run `flowfuse init --data-dir {data}` first")
+        check_known(data / "flowfuse.db", schema.control)  # a binary older than the data directory stops here
+        check_known(data / "runs.db", schema.runs)
         opts = dict(synchronous=settings.storage.synchronous.upper(), busy_timeout_ms=settings.storage.busy_timeout_ms,
                     max_batch=settings.storage.group_commit_max)
         self.control = Database(data / "flowfuse.db", **opts)
@@ -133,6 +151,24 @@ class Runtime:
     def migrations_pending(self) -> list[str]:
         return (pending_migrations(self.control.path, schema.control) +
                 pending_migrations(self.runs_db.path, schema.runs))
+
+    #: Below this much free space on the data directory's file system the console warns.
+    LOW_DISK_BYTES = 64 << 20
+
+    def storage_alert(self) -> str | None:
+        """Why new work cannot be stored, for the console's banner: a write of this process that failed
+        for want of space (until a write succeeds again), or a nearly full file system."""
+        for db in (self.runs_db, self.control):
+            if db.disk_full:
+                return db.disk_full
+        try:
+            free = shutil.disk_usage(self.settings.data_dir).free
+        except OSError:
+            return None
+        if free < self.LOW_DISK_BYTES:
+            return (f"only {free >> 20} MiB free on the file system of {self.settings.data_dir}: new executions "
+                    "will fail when it is full; free space or lower quotas.retention_days")
+        return None
 
     def close(self) -> None:
         self.control.close()

@@ -521,3 +521,14 @@ def _control_0008(db) -> None:
         PRIMARY KEY (tenant_id, name)
     );
     """)
+
+
+@runs(name="0008_incremental_vacuum", transactional=False)
+def _runs_0008(db) -> None:
+    """Give the space of deleted executions back to the file system a little at a time: with
+    auto_vacuum=INCREMENTAL the worker's housekeeping runs `PRAGMA incremental_vacuum(N)` after
+    retention deletes (appliance.runs.Runs.vacuum). The mode takes effect on an existing file only
+    through a VACUUM, which rewrites it once here (outside a transaction, at the upgrade's start).
+    """
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("VACUUM")

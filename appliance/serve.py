@@ -29,6 +29,9 @@ def _command(*args: str) -> list[str]:
 
 def supervise(settings: Settings, config: str | None) -> int:
     init_data_dir(settings)  # creates what is missing and applies migrations once, before the children start
+    from web.server import ssl_context
+
+    ssl_context(settings)  # a certificate or key that cannot be used stops start-up here, not in a restart loop
     common = (["--config", config] if config else [])
     data = ["--data-dir", str(settings.data_dir)]
     specs = {

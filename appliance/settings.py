@@ -30,11 +30,17 @@ class Server:
     port: int = 8080
     "TCP port of the web server."
     base_url: str = ""
-    "Public URL of this instance, used in resume URLs; empty means http://{host}:{port}."
+    "Public URL of this instance, used in resume URLs; empty means http(s)://{host}:{port}."
     max_body_bytes: int = 1048576
     "Largest webhook request body accepted; larger ones get 413."
     sync_timeout_s: float = 30.0
     "How long a when_done webhook may run before it answers 202 and finishes in the background."
+    tls_cert: str = ""
+    "PEM certificate (chain) to serve HTTPS with; empty: plain HTTP (e.g. behind a TLS-terminating proxy)."
+    tls_key: str = ""
+    "PEM private key of tls_cert (unencrypted, readable only by the flowfuse user)."
+    tls_min_version: str = "1.2"
+    "Oldest TLS version accepted: 1.2 or 1.3."
 
 
 @dataclass
@@ -127,6 +133,22 @@ class Smtp:
 class Logging:
     level: str = "INFO"
     "Log level: DEBUG, INFO, WARNING or ERROR."
+    format: str = "auto"
+    "auto (JSON lines unless stderr is a terminal), json or text."
+
+
+@dataclass
+class Telemetry:
+    """Metrics, traces and error reports. Nothing leaves the machine unless an endpoint or DSN is set."""
+
+    otlp_endpoint: str = ""
+    "OpenTelemetry collector base URL (OTLP/HTTP, e.g. http://otel:4318); empty: no traces are made or sent."
+    service_name: str = "flowfuse"
+    "service.name of the traces (the worker's is this name + -worker)."
+    sentry_dsn: str = ""
+    "Sentry-compatible DSN (Sentry, GlitchTip) that unhandled errors are reported to; empty: off."
+    metrics_token: str = ""
+    "Bearer token a Prometheus scraper may send to read /metrics (instance admins can always); empty: admins only."
 
 
 @dataclass
@@ -139,6 +161,7 @@ class Settings:
     quotas: Quotas = field(default_factory=Quotas)
     smtp: Smtp = field(default_factory=Smtp)
     logging: Logging = field(default_factory=Logging)
+    telemetry: Telemetry = field(default_factory=Telemetry)
     #: Where the file settings came from (None: defaults only).
     source: str | None = None
 
@@ -148,7 +171,8 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        return (self.server.base_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")
+        scheme = "https" if self.server.tls_cert else "http"
+        return (self.server.base_url or f"{scheme}://{self.server.host}:{self.server.port}").rstrip("/")
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
@@ -244,10 +268,18 @@ def _check(settings: Settings, origins: dict[str, str]) -> None:
         raise SettingsError(f"{where('server.port')}: server.port must be between 1 and 65535")
     if settings.engine.checkpoint not in ("effects", "every_step"):
         raise SettingsError(f"{where('engine.checkpoint')}: engine.checkpoint must be effects or every_step")
+    if settings.server.tls_min_version not in ("1.2", "1.3"):
+        raise SettingsError(f"{where('server.tls_min_version')}: server.tls_min_version must be \"1.2\" or \"1.3\"")
+    if bool(settings.server.tls_cert) != bool(settings.server.tls_key):
+        given, missing = ("tls_cert", "tls_key") if settings.server.tls_cert else ("tls_key", "tls_cert")
+        raise SettingsError(f"{where('server.' + given)}: server.{given} is set but server.{missing} is not; "
+                            "HTTPS needs both (or neither, for plain HTTP)")
     if settings.smtp.security not in ("starttls", "tls", "none"):
         raise SettingsError(f"{where('smtp.security')}: smtp.security must be starttls, tls or none")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{where('logging.level')}: logging.level must be DEBUG, INFO, WARNING or ERROR")
+    if settings.logging.format not in ("auto", "json", "text"):
+        raise SettingsError(f"{where('logging.format')}: logging.format must be auto, json or text")
     for section in SECTIONS:  # every number is a size, a count or a duration: above 0 (0 allowed where it means
         obj = getattr(settings, section)  # none or unlimited: catch_up and the quotas)
         for f in dataclasses.fields(obj):

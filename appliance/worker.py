@@ -335,8 +335,9 @@ class Housekeeper(threading.Thread):
             rt.enqueue(execution_id)
 
     def prune(self, budget_s: float = 0.5) -> bool:
-        """Delete finished executions past their tenant's retention_days, a short transaction at a time so
-        that the engine's commits wait little; True if time ran out with more to delete."""
+        """Delete finished executions past their tenant's retention_days, a short transaction (100
+        executions) at a time so that the engine's commits wait little, then give the space back
+        (incremental vacuum); True if time ran out with more to do."""
         rt = self.runtime
         deadline = time.monotonic() + budget_s
         for row in rt.control.query("SELECT id FROM tenants"):
@@ -347,6 +348,17 @@ class Housekeeper(threading.Thread):
             while rt.runs.prune(row["id"], before) > 0:
                 if time.monotonic() > deadline:
                     return True
+        return self.vacuum(deadline)
+
+    def vacuum(self, deadline: float, pages: int = 128) -> bool:
+        """Give the pages freed by deletions back to the file system, `pages` (512 KiB at 4 KiB pages) in
+        each short write so that the engine's commits wait little; True if time ran out first."""
+        runs = self.runtime.runs
+        if runs.free_pages() == 0:
+            return False
+        while runs.vacuum(pages) > 0:
+            if time.monotonic() > deadline:
+                return True
         return False
 
     def run(self) -> None:

@@ -27,7 +27,8 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,14 +245,34 @@ class _State:
         self.execution_info = _ExecutionInfo(run, services)
 
 
+#: An observer of runs and steps (traces, durations, log context): `hook(run, ctx)` returns a context
+#: manager entered around each invocation of a run (ctx None) and around each attempt of a node (its
+#: NodeContext: node, attempt, credential); a failed attempt leaves it with the node's exception.
+#: None (the default) costs nothing.
+StepHook = Callable[[Run, "NodeContext | None"], AbstractContextManager]
+
+
 class Executor:
-    def __init__(self, store: ExecutionStore, services: Services | None = None, limits: Limits | None = None):
+    #: Process-wide default, set as a staticmethod (appliance.telemetry does in web and worker); see StepHook.
+    step_hook: StepHook | None = None
+
+    def __init__(self, store: ExecutionStore, services: Services | None = None, limits: Limits | None = None,
+                 step_hook: StepHook | None = None):
         self.store = store
         self.services = services
         self.limits = limits or Limits()
+        if step_hook is not None:
+            self.step_hook = step_hook
 
     async def run(self, run: Run) -> Outcome:
         """Run (or resume) an execution to its end or until it parks; commits as it goes."""
+        hook = self.step_hook
+        if hook is None:
+            return await self._run(run)
+        with hook(run, None):
+            return await self._run(run)
+
+    async def _run(self, run: Run) -> Outcome:
         state = _State(run, self.services)
         try:
             await self._run_nodes(state, run.flow.order, owner=None, scope="")
@@ -391,7 +412,12 @@ class Executor:
                     outputs: Any = result
                 else:
                     ctx = NodeContext(node, items, inputs, state, attempt, key, credential)
-                    outputs = await self._call(state, node, ctx)
+                    hook = self.step_hook
+                    if hook is None:
+                        outputs = await self._call(state, node, ctx)
+                    else:
+                        with hook(state.run, ctx):
+                            outputs = await self._call(state, node, ctx)
                 if isinstance(outputs, Wait):
                     return await self._wait(state, node, items, key, attempt, started, outputs)
                 return self._succeed(state, node, key, attempt, len(items), started, outputs, credential)

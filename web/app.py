@@ -19,14 +19,50 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 from litestar.static_files import create_static_files_router
 from litestar.types import Receive, Scope, Send
 
+from appliance import logs
 from appliance.runtime import Runtime, tune_gc
 from appliance.settings import Settings
 
-from . import api, console
+from . import api, console, metrics
 from .hooks import Hooks
 
 log = logging.getLogger("flowfuse.web")
 STATIC = Path(__file__).parent / "static"
+#: Every response's Content-Security-Policy: scripts, styles and connections only from this server (no inline
+#: script or style, no eval), images also from data: URLs (the favicon), never framed, no plugins.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
+#: /api/docs only: Redoc styles the page through <style> elements it creates at run time (styled-components),
+#: and runs its search index in a Worker made from a blob: URL.
+DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'") + "; worker-src blob:"
+DOCS_PATH = "/api/docs"
+
+
+def security_headers(csp: str, tls: bool) -> list[tuple[bytes, bytes]]:
+    """The headers added to every response (computed once per kind, not per request); HSTS only over HTTPS."""
+    headers = [(b"content-security-policy", csp.encode()), (b"x-content-type-options", b"nosniff"),
+               (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
+               (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
+               (b"cross-origin-opener-policy", b"same-origin")]
+    if tls:
+        headers.append((b"strict-transport-security", b"max-age=31536000"))
+    return headers
+
+
+#: (is /api/docs, is https) -> the headers to add.
+SECURITY_HEADERS = {(docs, tls): security_headers(DOCS_CSP if docs else CSP, tls)
+                    for docs in (False, True) for tls in (False, True)}
+
+
+class Redoc(RedocRenderPlugin):
+    """Redoc without inline script: the bundle (deferred) finds <redoc spec-url> and loads the schema itself."""
+
+    def render(self, request, openapi_schema) -> bytes:
+        title = openapi_schema["info"]["title"].replace("&", "&amp;").replace("<", "&lt;")
+        return (f"<!DOCTYPE html><html><head><title>{title}</title>{self.favicon}<meta charset='utf-8'>"
+                "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                f"<script src='{self.js_url}' defer></script></head>"
+                "<body><redoc spec-url='/api/openapi.json'></redoc></body></html>").encode()
 
 
 class App:
@@ -36,10 +72,21 @@ class App:
         self.litestar, self.hooks = litestar, hooks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/hooks/"):
-            await self.hooks(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await self.litestar(scope, receive, send)
+            return
+        path = scope["path"]
+        extra = SECURITY_HEADERS[path.startswith(DOCS_PATH), scope.get("scheme") == "https"]
+
+        async def send_secured(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        if path.startswith("/hooks/"):
+            await self.hooks(scope, receive, send_secured)
+        else:
+            await self.litestar(scope, receive, send_secured)
 
 
 def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
@@ -54,6 +101,8 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         hooks.runtime = state["runtime"] = app.state.runtime = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
         tune_gc()
+        if logs.configured:  # uvicorn configured its own loggers after ours: send them through ours (JSON, redacted)
+            logs.adopt("uvicorn", "uvicorn.error", "uvicorn.access")
         try:
             yield
         finally:
@@ -87,14 +136,14 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         return Response({"status": "ready"})
 
     # the docs page loads Redoc from this server (web/static/vendor), never from a CDN
-    docs = RedocRenderPlugin(js_url="/static/vendor/redoc/redoc.standalone.js", google_fonts=False, path="/docs",
-                             favicon="<link rel='icon' href='data:,'>")
+    docs = Redoc(js_url="/static/vendor/redoc/redoc.standalone.js", google_fonts=False, path="/docs",
+                 favicon="<link rel='icon' href='data:,'>")
     openapi = OpenAPIConfig(title="FlowFuse API", version="1", path="/api", render_plugins=[JsonRenderPlugin(), docs],
                             description="The FlowFuse REST API. Authenticate with `Authorization: Bearer ffk_...`.")
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)
-    litestar = Litestar(route_handlers=[healthz, readyz, api.router, console.router, static], lifespan=[lifespan],
+    litestar = Litestar(route_handlers=[healthz, readyz, metrics.metrics, api.router, console.router, static], lifespan=[lifespan],
                         openapi_config=openapi, template_config=console.template_config, logging_config=None)
-    return App(litestar, hooks)
+    return metrics.RequestObserver(App(litestar, hooks))  # request ids, request spans, webhook latency
 
 
 async def _heartbeat(runtime: Runtime) -> None:

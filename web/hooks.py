@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from appliance.catalog import QuotaExceeded
+from appliance.db import DiskFull
 from appliance.runs import new_id
 from appliance.runtime import Runtime
 from engine import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, WAITING, Outcome
@@ -159,6 +160,10 @@ class Hooks:
         except QuotaExceeded as exc:  # raised before any answer or execution
             await _send(send, 429, {"error": str(exc), "quota": exc.quota},
                         [(b"retry-after", str(max(1, math.ceil(exc.retry_after or 1))).encode())])
+        except DiskFull as exc:  # nothing was stored; what was stored before is intact
+            log.error("webhook %s %s refused: %s", scope["method"], scope["path"], exc)
+            with contextlib.suppress(Exception):
+                await _send(send, 507, {"error": str(exc)})
         except Exception:
             log.exception("webhook %s %s failed", scope["method"], scope["path"])
             with contextlib.suppress(Exception):  # fails harmlessly if the answer had already started

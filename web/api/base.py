@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler
 
 from appliance.catalog import Conflict, FlowInvalid, NotFound
+from appliance.db import DiskFull
 from appliance.identity import (
     KEY_PREFIX,
     SESSION_COOKIE,
@@ -153,6 +154,8 @@ def on_error(request: Request, exc: Exception) -> Response:
         errors = [_field_error(e) for e in (exc.extra or []) if isinstance(e, dict)]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail or "malformed request"
         return problem(400, "Bad Request", detail, errors)
+    if isinstance(exc, DiskFull):
+        return problem(507, "Insufficient Storage", str(exc))
     if isinstance(exc, ValueError):  # the vault's and the stores' validation messages
         return problem(422, "Invalid", str(exc))
     if isinstance(exc, HTTPException):

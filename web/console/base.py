@@ -46,8 +46,17 @@ TEMPLATES = Path(__file__).parent.parent / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 FORM_ERRORS = (Unauthorized, Invalid, Conflict, NotFound, TooManyAttempts)
 
+def _storage_alert(request: Request | None) -> str | None:
+    """The full-disk banner of every page (see Runtime.storage_alert)."""
+    try:
+        return runtime_of(request).storage_alert() if request is not None else None
+    except Exception:  # noqa: BLE001 - a banner must never break a page
+        return None
+
+
 def _filters(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["when"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    engine.engine.globals["storage_alert"] = _storage_alert
 
 
 template_config = TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_filters)
