@@ -21,6 +21,7 @@ soon as the command has its settings: `flowfuse serve` starts its web and worker
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import sqlite3
@@ -98,11 +99,7 @@ class StepMetrics:
         self._thread.start()
 
     def observe(self, node_type: str, status: str, seconds: float) -> None:
-        index = len(STEP_BUCKETS)
-        for i, bound in enumerate(STEP_BUCKETS):
-            if seconds <= bound:
-                index = i
-                break
+        index = bisect.bisect_left(STEP_BUCKETS, seconds)  # the first bucket whose bound is >= seconds
         with self._lock:
             row = self._pending.get((node_type, status))
             if row is None:
