@@ -102,11 +102,10 @@ def test_build_a_webhook_flow_by_drag_and_drop_run_it_and_see_the_execution(page
         "webhook": "webhook", "if": "if", "set": "set", "respond_to_webhook": "respond_to_webhook"}
     assert all(len(n["position"]) == 2 for n in saved["nodes"])  # the layout is kept with the flow
     assert {"from": "if", "to": "set", "output": "true"} in saved["edges"]
-    before = node(page, "set").bounding_box()
+    before = box(page, "set")
     page.reload()
     expect(page.locator("#builder")).to_have_attribute("data-ready", "yes")
-    expect(node(page, "set")).to_be_visible()
-    assert abs(node(page, "set").bounding_box()["y"] - before["y"]) < 1  # positions survive a reload
+    poll(lambda: abs(box(page, "set")["y"] - before["y"]) < 1, 10, "the node where it was")  # kept across a reload
 
     page.get_by_label("Active", exact=True).check()
     expect(page.get_by_role("status")).to_contain_text("Active")
@@ -181,13 +180,13 @@ def test_edit_undo_redo_copy_paste_select_and_see_validation_at_the_field(page, 
     poll(lambda: abs(box(page, "hook")["x"] - screen_x - 100) < 2, 10, "the view panned by 100 px")
     expect(node(page, "hook")).to_have_css("left", "0px")  # panning moves the view, not the node
 
-    hi_before = node(page, "hi").bounding_box()
+    hi_before = box(page, "hi")
     node(page, "hi").click()
     page.mouse.move(hi_before["x"] + 60, hi_before["y"] + 15)
     page.mouse.down()
     page.mouse.move(hi_before["x"] + 60, hi_before["y"] + 135, steps=5)
     page.mouse.up()
-    assert node(page, "hi").bounding_box()["y"] > hi_before["y"] + 100
+    poll(lambda: box(page, "hi")["y"] > hi_before["y"] + 100, 10, "the node moved down")
     page.locator("#canvas").focus()
     page.keyboard.press("Control+z")
     expect(node(page, "hi")).to_have_css("top", "0px")  # the move is undone
@@ -200,9 +199,9 @@ def test_edit_undo_redo_copy_paste_select_and_see_validation_at_the_field(page, 
     page.mouse.down()
     page.mouse.move(hi_before["x"] - 300, hi_before["y"] + 200, steps=5)  # now left of the webhook
     page.mouse.up()
-    assert node(page, "hi").bounding_box()["x"] < node(page, "hook").bounding_box()["x"]
+    poll(lambda: box(page, "hi")["x"] < box(page, "hook")["x"], 10, "the node left of the webhook")
     page.get_by_role("button", name="Tidy up").click()  # layered left to right: the trigger first
-    assert node(page, "hi").bounding_box()["x"] > node(page, "hook").bounding_box()["x"] + 100
+    poll(lambda: box(page, "hi")["x"] > box(page, "hook")["x"] + 100, 10, "the trigger first after tidying")
 
     node(page, "hi").click()
     page.get_by_role("button", name="Remove fields entry").click()  # fields is required
@@ -242,12 +241,12 @@ def test_a_viewer_sees_the_flow_read_only_and_cannot_save(page, srv, admin):
     expect(page.get_by_role("button", name="Test run")).to_have_count(0)
     expect(page.get_by_label("Node palette")).to_have_count(0)
     expect(page.get_by_label("Active", exact=True)).to_be_disabled()
-    before = node(page, "hi").bounding_box()
+    before = box(page, "hi")
     page.mouse.move(before["x"] + 60, before["y"] + 15)
     page.mouse.down()
     page.mouse.move(before["x"] + 60, before["y"] + 200, steps=5)
     page.mouse.up()
-    assert node(page, "hi").bounding_box()["y"] == before["y"]  # no drag for a viewer
+    assert box(page, "hi")["y"] == before["y"]  # no drag for a viewer
     expect(page.get_by_label("fields value")).to_be_disabled()
     page.keyboard.press("Delete")
     expect(page.locator(".node")).to_have_count(2)
