@@ -38,6 +38,17 @@ def client() -> httpx.AsyncClient:
     return found
 
 
+def transport_error(method: str, url: str, timeout_s: float, exc: Exception) -> NodeError:
+    """What a request that got no answer (time-out, bad URL, refused connection) says to the user."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeError(f"{method} {url} timed out after {timeout_s} s")
+    if isinstance(exc, httpx.InvalidURL):
+        return NodeError(f"invalid url {url!r}: {exc}")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return NodeError(f"url {url!r} must start with http:// or https://")
+    return NodeError(f"{method} {url} failed: {exc or type(exc).__name__}")
+
+
 def try_credential(credential: dict, url: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """GET `url` authenticated with the credential (the console's and API's "test" button):
     {"ok", "status"}, or {"ok": False, "message"} when no answer came. Secrets never appear in it."""
@@ -96,14 +107,8 @@ async def _request(ctx: NodeContext, item: dict, idempotency_key: str) -> dict:
                     raise NodeError(f"response from {p['url']} is larger than {MAX_RESPONSE_BYTES} bytes")
         finally:
             await response.aclose()
-    except httpx.TimeoutException:
-        raise NodeError(f"{method} {p['url']} timed out after {p['timeout_s']} s") from None
-    except httpx.InvalidURL as exc:
-        raise NodeError(f"invalid url {p['url']!r}: {exc}") from None
-    except httpx.UnsupportedProtocol:
-        raise NodeError(f"url {p['url']!r} must start with http:// or https://") from None
-    except httpx.HTTPError as exc:
-        raise NodeError(f"{method} {p['url']} failed: {exc}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise transport_error(method, p["url"], p["timeout_s"], exc) from None
     if response.status_code >= 400 and not p["ignore_status"]:
         raise NodeError(f"{method} {p['url']} answered HTTP {response.status_code}: "
                         f"{content[:200].decode(errors='replace')!r}")

@@ -101,7 +101,7 @@ async def call(ctx: Any, method: str, url: str, *, credential: Any = None, json:
                timeout_s: float = 30, idempotency: bool | str = False, retries: int = 4, max_wait_s: float = 60,
                raise_for_status: bool = True, follow_redirects: bool = True) -> httpx.Response:
     """Send one request (see the module docstring) and return the httpx response, body read."""
-    from connectors.http import client  # the pooled client (and whatever policy it applies)
+    from connectors.http import client, transport_error  # the pooled client (and whatever policy it applies)
 
     method = method.upper()
     if credential is None:
@@ -119,14 +119,8 @@ async def call(ctx: Any, method: str, url: str, *, credential: Any = None, json:
             response = await client().request(method, url, json=json, data=data, params=params, headers=headers,
                                               files=files, content=content, auth=auth, timeout=timeout_s,
                                               follow_redirects=follow_redirects)
-        except httpx.TimeoutException:
-            raise NodeError(f"{method} {url} timed out after {timeout_s} s") from None
-        except httpx.InvalidURL as exc:
-            raise NodeError(f"invalid url {url!r}: {exc}") from None
-        except httpx.UnsupportedProtocol:
-            raise NodeError(f"url {url!r} must start with http:// or https://") from None
-        except httpx.HTTPError as exc:
-            raise NodeError(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise transport_error(method, url, timeout_s, exc) from None
         if response.status_code in RETRY_STATUSES and attempt < retries:
             wait = retry_after(response, attempt)
             if wait <= max_wait_s and time.time() + wait < deadline:
