@@ -162,7 +162,7 @@ def setup(settings: Settings, role: str, stream: IO | None = None) -> logging.Ha
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.logging.level.upper())
-    adopt("uvicorn", "uvicorn.error", "uvicorn.access", "huey", "huey.consumer")
+    adopt("uvicorn", "uvicorn.error", "huey", "huey.consumer")
     try:  # uvicorn applies its default logging config when it starts: let it configure no logger of its own
         from uvicorn.config import LOGGING_CONFIG
         LOGGING_CONFIG["loggers"] = {}

@@ -107,6 +107,9 @@ def test_serve_writes_json_lines_with_ids_and_never_a_secret(tmp_path, peer):
         assert any(line.get("request_id") == rid for line in found)
         assert any(line.get("request_id") == "proxy-id-42" for line in found)
         assert {line["role"] for line in found} >= {"serve", "web"}
+        # one access line per request, FlowFuse's own (uvicorn's would be a second, costly one)
+        assert any(line["logger"] == "flowfuse.access" and "/hooks/default/call" in line["msg"] for line in found)
+        assert not any(line["logger"] == "uvicorn.access" for line in found)
     finally:
         srv.stop()
     text = srv.log.read_text()

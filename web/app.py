@@ -101,8 +101,10 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         hooks.runtime = state["runtime"] = app.state.runtime = runtime
         beat = asyncio.create_task(_heartbeat(runtime))
         tune_gc()
-        if logs.configured:  # uvicorn configured its own loggers after ours: send them through ours (JSON, redacted)
-            logs.adopt("uvicorn", "uvicorn.error", "uvicorn.access")
+        if logs.configured:  # uvicorn configured its own loggers after ours: send them through ours (JSON, redacted).
+            # not uvicorn.access: its INFO line per request cost a tenth of the web process's CPU under
+            # load; RequestObserver writes one at DEBUG (flowfuse.access)
+            logs.adopt("uvicorn", "uvicorn.error")
         try:
             yield
         finally:
