@@ -6,7 +6,29 @@ import functools
 import importlib.metadata
 import json
 import subprocess
+import sys
 from pathlib import Path
+
+
+def _import_lean() -> None:
+    """Import huey and httpx without the extras they load whenever those are installed: huey.storage
+    imports psycopg (for a Postgres queue FlowFuse does not use) and httpx imports rich and pygments
+    (for its command line), about 9 and 3 MB in each of the web and worker processes. A None in
+    sys.modules makes those imports fail quietly; the names are then freed again, so that the SQL
+    connector still imports psycopg when one of its nodes runs."""
+    hidden = [name for name in ("psycopg", "pygments", "rich") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+        import huey.storage  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+_import_lean()
 
 #: Written by packaging/build.sh and bundled into the binary beside this module.
 BUILD_INFO = Path(__file__).resolve().parent / "build_info.json"

@@ -19,9 +19,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from .sdk import CredentialType, Field, NodeContext, NodeError, NodeType, Param, Registry
 
 log = logging.getLogger("flowfuse.connectors.mqtt")
@@ -35,7 +32,11 @@ def _need(credential: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return credential
 
 
-def _client(credential: Mapping[str, Any], client_id: str, reconnect: bool) -> tuple[paho.Client, str, int]:
+def _client(credential: Mapping[str, Any], client_id: str, reconnect: bool) -> tuple[Any, str, int]:
+    """A paho Client (imported here, when a node runs: servers that never use MQTT do not load it)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
     security = credential.get("security") or "none"
     if security not in ("tls", "none"):
         raise NodeError(f"the credential's security {security!r} must be tls or none")

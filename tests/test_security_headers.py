@@ -4,6 +4,8 @@ working with no CSP violation."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
@@ -50,10 +52,34 @@ def test_every_kind_of_response_carries_the_headers_and_no_hsts_over_http(srv, a
     for url in pages:
         assert_secured(httpx.get(url))
     assert_secured(admin.get(f"/tenants/{t}/flows"))  # the REST API
-    hook = httpx.post(f"{srv.url}/hooks/{t}/echo", json={"a": 1})  # the webhook hot path, outside Litestar
+    # webhooks (the hot path, outside Litestar) answer with a flow's content: a sandbox that allows nothing
+    hook = httpx.post(f"{srv.url}/hooks/{t}/echo", json={"a": 1})
     assert hook.status_code < 500, hook.text
-    assert_secured(hook)
-    assert_secured(httpx.post(f"{srv.url}/hooks/{t}/nothing-here", json={}))  # and its errors
+    missing = httpx.post(f"{srv.url}/hooks/{t}/nothing-here", json={})  # and its errors
+    for r in (hook, missing):
+        assert r.headers.get_list("content-security-policy") == ["default-src 'none'; frame-ancestors 'none'; sandbox"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-request-id"]
+        assert "strict-transport-security" not in r.headers, "HSTS over plain HTTP"
+
+
+def test_a_webhook_answering_html_runs_no_script_on_this_origin(page: Page, srv, admin):
+    """A flow that answers text/html with the caller's input (a stored XSS waiting to happen) cannot run
+    script, load anything or reach the console's cookies: the webhook CSP is an empty sandbox."""
+    t = new_tenant(admin)
+    admin.post(f"/tenants/{t}/flows", json={"name": "page", "nodes": [
+        {"id": "hook", "type": "webhook", "params": {"path": "page", "method": "GET"}},
+        {"id": "answer", "type": "respond_to_webhook", "params": {
+            "headers": {"content-type": "text/html"},
+            "body": "<h1>{{ json.name }}</h1>"}}], "edges": [{"from": "hook", "to": "answer"}]})
+    assert admin.post(f"/tenants/{t}/flows/page/activate").status_code == 200
+    violations = watch_csp(page)
+    hostile = "<script>document.title='ran'</script><img src=/static/css/console.css>"
+    page.goto(f"{srv.url}/hooks/{t}/page?name={quote(hostile)}")
+    expect(page.locator("h1")).to_be_attached()  # the page itself is shown
+    assert page.title() != "ran"
+    assert page.evaluate("() => document.domain") == ""  # sandboxed: an opaque origin, no cookies of ours
+    assert any("console.css" in v for v in violations), violations  # and it loads nothing either
 
 
 def test_only_the_api_docs_get_the_relaxations_redoc_needs(srv):

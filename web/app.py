@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,19 +40,31 @@ DOCS_PATH = "/api/docs"
 
 
 def security_headers(csp: str, tls: bool) -> list[tuple[bytes, bytes]]:
-    """The headers added to every response (computed once per kind, not per request); HSTS only over HTTPS."""
+    """The headers added to every console, API and static response; HSTS only over HTTPS."""
     headers = [(b"content-security-policy", csp.encode()), (b"x-content-type-options", b"nosniff"),
                (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
                (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
                (b"cross-origin-opener-policy", b"same-origin")]
-    if tls:
-        headers.append((b"strict-transport-security", b"max-age=31536000"))
-    return headers
+    return _with_hsts(headers, tls)
 
 
-#: (is /api/docs, is https) -> the headers to add.
-SECURITY_HEADERS = {(docs, tls): security_headers(DOCS_CSP if docs else CSP, tls)
-                    for docs in (False, True) for tls in (False, True)}
+def webhook_headers(tls: bool) -> list[tuple[bytes, bytes]]:
+    """The headers added to every webhook response. What a flow answers is its own content, never a page
+    of this origin: even as text/html it loads nothing, runs no script and cannot be framed (a sandbox
+    with no allowances). Fewer and shorter than the console's: webhooks are the hot path."""
+    return _with_hsts([(b"content-security-policy", WEBHOOK_CSP.encode()), (b"x-content-type-options", b"nosniff")],
+                      tls)
+
+
+def _with_hsts(headers: list[tuple[bytes, bytes]], tls: bool) -> list[tuple[bytes, bytes]]:
+    return [*headers, (b"strict-transport-security", b"max-age=31536000")] if tls else headers
+
+
+WEBHOOK_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+#: (kind, is https) -> the headers to add, computed once; kind is "hooks", "docs" or "" (everything else).
+SECURITY_HEADERS = {(kind, tls): webhook_headers(tls) if kind == "hooks" else
+                    security_headers(DOCS_CSP if kind == "docs" else CSP, tls)
+                    for kind in ("hooks", "docs", "") for tls in (False, True)}
 
 
 class Redoc(RedocRenderPlugin):
@@ -66,7 +79,9 @@ class Redoc(RedocRenderPlugin):
 
 
 class App:
-    """The ASGI entry point (see the module docstring)."""
+    """The ASGI entry point (see the module docstring), and the one wrapper around every HTTP request:
+    a request id (in log records and the X-Request-Id response header), the security headers, a
+    server span when tracing is on, webhook latency and a DEBUG access line (web.metrics)."""
 
     def __init__(self, litestar: Litestar, hooks: Hooks):
         self.litestar, self.hooks = litestar, hooks
@@ -75,18 +90,28 @@ class App:
         if scope["type"] != "http":
             await self.litestar(scope, receive, send)
             return
+        started = time.perf_counter()
         path = scope["path"]
-        extra = SECURITY_HEADERS[path.startswith(DOCS_PATH), scope.get("scheme") == "https"]
+        hook = path.startswith("/hooks/")
+        rid = metrics.request_id(scope)
+        token = logs.request_id.set(rid)
+        kind = "hooks" if hook else "docs" if path.startswith(DOCS_PATH) else ""
+        extra = [*SECURITY_HEADERS[kind, scope.get("scheme") == "https"], (b"x-request-id", rid.encode())]
+        status = 0
 
         async def send_secured(message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        if path.startswith("/hooks/"):
-            await self.hooks(scope, receive, send_secured)
-        else:
-            await self.litestar(scope, receive, send_secured)
+        span = metrics.start_span(scope, rid)
+        try:
+            await (self.hooks if hook else self.litestar)(scope, receive, send_secured)
+        finally:
+            metrics.observe_request(scope, hook, status, time.perf_counter() - started, span)
+            logs.request_id.reset(token)
 
 
 def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
@@ -103,7 +128,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
         tune_gc()
         if logs.configured:  # uvicorn configured its own loggers after ours: send them through ours (JSON, redacted).
             # not uvicorn.access: its INFO line per request cost a tenth of the web process's CPU under
-            # load; RequestObserver writes one at DEBUG (flowfuse.access)
+            # load; App writes one at DEBUG (flowfuse.access)
             logs.adopt("uvicorn", "uvicorn.error")
         try:
             yield
@@ -145,7 +170,7 @@ def create_app(settings: Settings, *, expect_worker: bool = False) -> App:
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)
     litestar = Litestar(route_handlers=[healthz, readyz, metrics.metrics, api.router, console.router, static], lifespan=[lifespan],
                         openapi_config=openapi, template_config=console.template_config, logging_config=None)
-    return metrics.RequestObserver(App(litestar, hooks))  # request ids, request spans, webhook latency
+    return App(litestar, hooks)
 
 
 async def _heartbeat(runtime: Runtime) -> None:

@@ -21,6 +21,7 @@ Who may read it: an instance admin (session or API key), or a scraper sending
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import itertools
 import logging
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from litestar import Request, Response, get
 
-from appliance import logs, telemetry
+from appliance import telemetry
 from appliance.identity import Forbidden, Unauthorized
 from appliance.telemetry import STEP_BUCKETS, read_step_histograms
 
@@ -52,11 +53,7 @@ class Histogram:
         self._series: dict[str, list[float]] = {}  # label value -> [per-bucket counts..., +Inf, count, sum]
 
     def observe(self, label: str, seconds: float) -> None:
-        index = len(self.buckets)
-        for i, bound in enumerate(self.buckets):
-            if seconds <= bound:
-                index = i
-                break
+        index = bisect.bisect_left(self.buckets, seconds)  # the first bucket whose bound is >= seconds
         with self._lock:
             row = self._series.get(label)
             if row is None:
@@ -224,7 +221,7 @@ _request_seq = itertools.count(1)
 _access = logging.getLogger("flowfuse.access")
 
 
-def _request_id(scope) -> str:
+def request_id(scope) -> str:
     """The caller's X-Request-Id when it is a sane token (a proxy's), else a new one."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
@@ -235,51 +232,22 @@ def _request_id(scope) -> str:
     return f"{_request_prefix}-{next(_request_seq):x}"
 
 
-class RequestObserver:
-    """ASGI wrapper: a request id per HTTP request (in log records, and the X-Request-Id response
-    header), a server span per request when tracing is on, webhook latency, and a DEBUG access log."""
+def start_span(scope, rid: str):
+    """A server span for this request, current until observe_request ends it; None when tracing is off."""
+    tracer = telemetry.tracer()
+    return None if tracer is None else _start_span(tracer, scope, rid)
 
-    def __init__(self, app):
-        self.app = app
 
-    def __getattr__(self, name):
-        return getattr(self.app, name)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        rid = _request_id(scope)
-        token = logs.request_id.set(rid)
-        header = (b"x-request-id", rid.encode())
-        status = 0
-
-        async def send_observed(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        tracer = telemetry.tracer()
-        span = ctx_token = None
-        if tracer is not None:
-            span, ctx_token = _start_span(tracer, scope, rid)
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            elapsed = time.perf_counter() - started
-            path = scope["path"]
-            if path.startswith("/hooks/"):
-                WEBHOOK_LATENCY.observe(f"{status // 100}xx" if status else "none", elapsed)
-            if span is not None:
-                _end_span(span, ctx_token, status)
-            if _access.isEnabledFor(logging.DEBUG):
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-                _access.debug("%s %s -> %s in %.1f ms; headers %s", scope["method"], path, status, elapsed * 1000,
-                              headers)
-            logs.request_id.reset(token)
+def observe_request(scope, hook: bool, status: int, elapsed: float, span) -> None:
+    """After a request (see web.app.App): webhook latency, the span's end, the DEBUG access line."""
+    if hook:
+        WEBHOOK_LATENCY.observe(f"{status // 100}xx" if status else "none", elapsed)
+    if span is not None:
+        _end_span(*span, status)
+    if _access.isEnabledFor(logging.DEBUG):
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        _access.debug("%s %s -> %s in %.1f ms; headers %s", scope["method"], scope["path"], status, elapsed * 1000,
+                      headers)
 
 
 def _start_span(tracer, scope, rid: str):
