@@ -4,14 +4,14 @@
 "auto" writes JSON lines (one object per record: ts, level, logger, msg, role, pid, request_id,
 execution_id, exc) unless stderr is a terminal; "json" and "text" force one or the other.
 
-The request id (web requests) and the execution id (the engine, through the step hook of
-appliance.telemetry) travel in context variables, so every record logged while handling that
+The request id (web requests) and the execution id (set by the engine while it runs one)
+travel in context variables, so every record logged while handling that
 request or running that execution carries them, in this task and the tasks it starts.
 
 `Redact`, the handler's filter, rewrites every record before it is written: the values of
 Authorization, Proxy-Authorization, Cookie and Set-Cookie headers, FlowFuse API keys (`ffk_...`),
 `password=`/`token=`-style parameters, and the secret values of every credential used in this
-process (`remember_secrets`, called for each step that uses a credential) become `[redacted]`,
+process (`remember_secrets`, called whenever a run's node is given a credential) become `[redacted]`,
 in the message, its arguments and the traceback alike.
 """
 
@@ -28,10 +28,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import IO
 
+from engine.executor import current_execution
+
 from .settings import Settings
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowfuse_request_id", default=None)
-execution_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowfuse_execution_id", default=None)
+execution_id = current_execution  # set by the engine while it runs an execution
 
 REDACTED = "[redacted]"
 #: Most credential secrets remembered per process (least recently used are forgotten first).

@@ -36,10 +36,10 @@ from engine import (
     Outcome,
     Run,
 )
-from engine.executor import pinned_outputs
+from engine.executor import pinned_outputs, secret_values
 from engine.flow import ancestors, descendants
 
-from . import schema
+from . import logs, schema
 from .audit import AuditLog
 from .catalog import Catalog, FlowRow, NotFound, QuotaExceeded
 from .db import Database, Writer, check_known, migrate, pending_migrations
@@ -487,7 +487,9 @@ class Runtime:
 
     # -- the engine's Services port ----------------------------------------------------------------------------
     def credential(self, tenant_id: str, name: str) -> dict[str, Any]:
-        return self.vault.get(tenant_id, name)
+        found = self.vault.get(tenant_id, name)
+        logs.remember_secrets(secret_values(found))  # out of every later log record of this process
+        return found
 
     def save_credential_fields(self, tenant_id: str, name: str, fields: dict[str, Any]) -> None:
         """Keep fields a connector changed in a credential (refreshed OAuth2 tokens; see

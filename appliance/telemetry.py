@@ -3,9 +3,10 @@
 `setup(settings, role)` is called once per process (`serve`, `web`, `worker`):
 
 - logs: appliance.logs (JSON lines or text, request and execution ids, secrets redacted);
-- step metrics (web and worker, always): the engine's step hook times every node attempt and the
-  durations are kept as histograms in `metrics.db` in the data directory (a small SQLite file both
-  processes add to about once a second; /metrics in the web process reads it);
+- step metrics (web and worker, always): the engine's step observer is told the duration of every
+  node attempt as it is recorded, and the durations are kept as histograms in `metrics.db` in the
+  data directory (a small SQLite file both processes add to about once a second; /metrics in the
+  web process reads it);
 - traces, only when `[telemetry] otlp_endpoint` is set: a trace per execution (its id derived
   from the execution id, so a resumed execution continues the same trace) with a span per run of
   it and a span per node attempt, and a span per web request; exported over OTLP/HTTP
@@ -22,16 +23,16 @@ soon as the command has its settings: `flowfuse serve` starts its web and worker
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.executor import Executor, NodeContext, Run, _secrets
+from engine.executor import Executor, NodeContext, Run
 
 from . import logs
 from .settings import Settings
@@ -86,36 +87,46 @@ def _connect(data_dir: Path, readonly: bool = False) -> sqlite3.Connection:
 
 
 class StepMetrics:
-    """Step durations observed in this process, added to metrics.db by a background thread."""
+    """Step durations observed in this process, added to metrics.db by a background thread.
+
+    `observe` is the deque's own append (the engine calls it with a (node_type, status, seconds)
+    tuple per step, on its hot path: no Python frame, no lock); the thread sorts them into
+    histogram buckets about once a second and adds them to the file."""
 
     def __init__(self, data_dir: Path, flush_s: float = FLUSH_S):
         self.data_dir = Path(data_dir)
-        self._lock = threading.Lock()
-        #: (node_type, status) -> [counts per bucket..., count, sum] not yet written
+        self._seen: collections.deque[tuple[str, str, float]] = collections.deque()
+        self.observe = self._seen.append
+        #: (node_type, status) -> [counts per bucket..., count, sum] not written yet (a failed write keeps them)
         self._pending: dict[tuple[str, str], list[float]] = {}
+        self._flushing = threading.Lock()  # the thread's flush and a caller's (close) never interleave
         self._conn = _connect(self.data_dir)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(flush_s,), name="flowfuse-metrics", daemon=True)
         self._thread.start()
 
-    def observe(self, node_type: str, status: str, seconds: float) -> None:
-        index = bisect.bisect_left(STEP_BUCKETS, seconds)  # the first bucket whose bound is >= seconds
-        with self._lock:
-            row = self._pending.get((node_type, status))
+    def _gather(self) -> None:
+        seen, pending = self._seen, self._pending
+        for _ in range(len(seen)):  # popleft is atomic: observations made meanwhile wait for the next round
+            node_type, status, seconds = seen.popleft()
+            row = pending.get((node_type, status))
             if row is None:
-                row = self._pending[(node_type, status)] = [0] * (len(STEP_BUCKETS) + 3)
-            row[index] += 1
+                row = pending[(node_type, status)] = [0] * (len(STEP_BUCKETS) + 3)
+            row[bisect.bisect_left(STEP_BUCKETS, seconds)] += 1  # the first bucket whose bound is >= seconds
             row[-2] += 1
             row[-1] += seconds
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return
+        """Write what was observed so far (called by the thread, and at close)."""
+        with self._flushing:
+            self._gather()
+            if self._pending:
+                self._write()
+
+    def _write(self) -> None:
         try:
             with self._conn:
-                for (node_type, status), row in pending.items():
+                for (node_type, status), row in self._pending.items():
                     self._conn.executemany(
                         "INSERT INTO step_durations VALUES (?,?,?,?) ON CONFLICT (node_type, status, bucket) "
                         "DO UPDATE SET count = count + excluded.count",
@@ -126,11 +137,8 @@ class StepMetrics:
                         (node_type, status, row[-2], row[-1]))
         except sqlite3.Error as exc:  # metrics must never stop executions: keep the counts for the next try
             log.warning("could not write step metrics to %s: %s", self.data_dir / METRICS_DB, exc)
-            with self._lock:
-                for key, row in pending.items():
-                    mine = self._pending.setdefault(key, [0] * len(row))
-                    for i, value in enumerate(row):
-                        mine[i] += value
+            return
+        self._pending = {}
 
     def _loop(self, flush_s: float) -> None:
         while not self._stop.wait(flush_s):
@@ -169,7 +177,7 @@ def read_step_histograms(data_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-# ---------------------------------------------------------------- the engine's step hook
+# ---------------------------------------------------------------- the engine's step hook (tracing only)
 
 def _trace_ids(execution_id: str) -> tuple[int, int]:
     digest = hashlib.sha256(execution_id.encode()).digest()
@@ -182,73 +190,60 @@ def execution_trace_id(execution_id: str) -> str:
 
 
 class _RunScope:
-    __slots__ = ("run", "token", "span", "ctx_token")
+    """The span of one invocation of a run, parent of its steps' spans."""
+
+    __slots__ = ("run", "span", "ctx_token")
 
     def __init__(self, run: Run):
         self.run = run
-        self.span = self.ctx_token = None
 
     def __enter__(self):
-        self.token = logs.execution_id.set(self.run.ref.id)
-        if _tracer is not None:
-            from opentelemetry import context, trace
-            from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+        from opentelemetry import context, trace
+        from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 
-            trace_id, span_id = _trace_ids(self.run.ref.id)
-            root = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-            current = trace.get_current_span().get_span_context()  # e.g. the webhook request that runs it inline
-            links = [Link(current)] if current.is_valid else None
-            self.span = _tracer.start_span(
-                f"execution {self.run.flow.name}", context=trace.set_span_in_context(NonRecordingSpan(root)),
-                links=links, attributes={"flowfuse.execution_id": self.run.ref.id,
-                                         "flowfuse.tenant_id": self.run.ref.tenant_id,
-                                         "flowfuse.flow": self.run.flow.name, "flowfuse.trigger": self.run.trigger})
-            self.ctx_token = context.attach(trace.set_span_in_context(self.span))
+        trace_id, span_id = _trace_ids(self.run.ref.id)
+        root = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        current = trace.get_current_span().get_span_context()  # e.g. the webhook request that runs it inline
+        links = [Link(current)] if current.is_valid else None
+        self.span = _tracer.start_span(
+            f"execution {self.run.flow.name}", context=trace.set_span_in_context(NonRecordingSpan(root)),
+            links=links, attributes={"flowfuse.execution_id": self.run.ref.id,
+                                     "flowfuse.tenant_id": self.run.ref.tenant_id,
+                                     "flowfuse.flow": self.run.flow.name, "flowfuse.trigger": self.run.trigger})
+        self.ctx_token = context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(self, kind, exc, tb):
-        if self.span is not None:
-            from opentelemetry import context
+        from opentelemetry import context
 
-            _end_span(self.span, exc)
-            context.detach(self.ctx_token)
-        logs.execution_id.reset(self.token)
+        _end_span(self.span, exc)
+        context.detach(self.ctx_token)
         return False
 
 
 class _StepScope:
-    __slots__ = ("ctx", "started", "span", "ctx_token")
+    """The span of one attempt of a node."""
+
+    __slots__ = ("ctx", "span", "ctx_token")
 
     def __init__(self, ctx: NodeContext):
         self.ctx = ctx
-        self.span = self.ctx_token = None
 
     def __enter__(self):
-        ctx = self.ctx
-        if ctx.credential:
-            logs.remember_secrets(_secrets(ctx.credential))
-        if _tracer is not None:
-            from opentelemetry import context, trace
+        from opentelemetry import context, trace
 
-            self.span = _tracer.start_span(f"step {ctx.node.id}", attributes={
-                "flowfuse.execution_id": ctx.run.ref.id, "flowfuse.node": ctx.node.id,
-                "flowfuse.node_type": ctx.node.type, "flowfuse.step_key": ctx.key, "flowfuse.attempt": ctx.attempt})
-            self.ctx_token = context.attach(trace.set_span_in_context(self.span))
-        self.started = time.perf_counter()
+        ctx = self.ctx
+        self.span = _tracer.start_span(f"step {ctx.node.id}", attributes={
+            "flowfuse.execution_id": ctx.run.ref.id, "flowfuse.node": ctx.node.id,
+            "flowfuse.node_type": ctx.node.type, "flowfuse.step_key": ctx.key, "flowfuse.attempt": ctx.attempt})
+        self.ctx_token = context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(self, kind, exc, tb):
-        elapsed = time.perf_counter() - self.started
-        if _metrics is not None:
-            _metrics.observe(self.ctx.node.type, "ok" if exc is None else "error", elapsed)
-        if self.span is not None:
-            from opentelemetry import context
+        from opentelemetry import context
 
-            _end_span(self.span, exc)
-            context.detach(self.ctx_token)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("step %s (%s) attempt %d %s in %.1f ms", self.ctx.key, self.ctx.node.type, self.ctx.attempt,
-                      "succeeded" if exc is None else "failed", elapsed * 1000)
+        _end_span(self.span, exc)
+        context.detach(self.ctx_token)
         return False
 
 
@@ -265,8 +260,16 @@ def _end_span(span, exc: BaseException | None) -> None:
 
 
 def step_hook(run: Run, ctx: NodeContext | None):
-    """The engine's StepHook (see engine.executor): log context, step metrics, spans."""
+    """The engine's StepHook (see engine.executor) while tracing: a span per run and per step."""
     return _RunScope(run) if ctx is None else _StepScope(ctx)
+
+
+def _observe_and_log(step: tuple[str, str, float]) -> None:
+    """The step observer at DEBUG: the duration goes to the histograms and to the log."""
+    if _metrics is not None:
+        _metrics.observe(step)
+    node_type, status, seconds = step
+    log.debug("step of %s %s in %.1f ms", node_type, "succeeded" if status == "ok" else "failed", seconds * 1000)
 
 
 # ---------------------------------------------------------------- Sentry
@@ -356,12 +359,19 @@ def setup(settings: Settings, role: str) -> None:
     if role in ("web", "worker"):
         if settings.data_dir.is_dir():
             _metrics = StepMetrics(settings.data_dir)
-        Executor.step_hook = staticmethod(step_hook)  # a plain function would bind as a method
+        # set as staticmethods: a plain function would bind as a method of the Executor
+        if log.isEnabledFor(logging.DEBUG):
+            Executor.step_observer = staticmethod(_observe_and_log)
+        elif _metrics is not None:
+            Executor.step_observer = staticmethod(_metrics.observe)  # a deque's append: no Python frame at all
+        if _tracer is not None:
+            Executor.step_hook = staticmethod(step_hook)
 
 
 def shutdown() -> None:
     """Write what is buffered (step metrics, spans); called at exit."""
     global _metrics
+    Executor.step_observer = None
     if _metrics is not None:
         _metrics.close()
         _metrics = None

@@ -24,6 +24,7 @@ once a node has run, so `continue` (a resume) runs exactly one more node.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import random
 import time
@@ -245,16 +246,23 @@ class _State:
         self.execution_info = _ExecutionInfo(run, services)
 
 
-#: An observer of runs and steps (traces, durations, log context): `hook(run, ctx)` returns a context
-#: manager entered around each invocation of a run (ctx None) and around each attempt of a node (its
-#: NodeContext: node, attempt, credential); a failed attempt leaves it with the node's exception.
-#: None (the default) costs nothing.
+#: The id of the execution this task is running, None outside one (log records carry it: appliance.logs).
+current_execution: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowfuse_execution", default=None)
+
+#: A tracer of runs and steps: `hook(run, ctx)` returns a context manager entered around each
+#: invocation of a run (ctx None) and around each attempt of a node (its NodeContext: node, attempt,
+#: credential); a failed attempt leaves it with the node's exception. None (the default) costs nothing.
 StepHook = Callable[[Run, "NodeContext | None"], AbstractContextManager]
+#: Told of each attempt of a node that ran, as it is recorded: `observer((node_type, "ok" | "error",
+#: seconds))`, one tuple so that a C function such as a deque's append can take it with no Python frame
+#: (step duration metrics; a StepHook would cost a context manager per step).
+StepObserver = Callable[[tuple[str, str, float]], None]
 
 
 class Executor:
-    #: Process-wide default, set as a staticmethod (appliance.telemetry does in web and worker); see StepHook.
+    #: Process-wide defaults, set as staticmethods (appliance.telemetry does in web and worker).
     step_hook: StepHook | None = None
+    step_observer: StepObserver | None = None
 
     def __init__(self, store: ExecutionStore, services: Services | None = None, limits: Limits | None = None,
                  step_hook: StepHook | None = None):
@@ -266,11 +274,15 @@ class Executor:
 
     async def run(self, run: Run) -> Outcome:
         """Run (or resume) an execution to its end or until it parks; commits as it goes."""
-        hook = self.step_hook
-        if hook is None:
-            return await self._run(run)
-        with hook(run, None):
-            return await self._run(run)
+        token = current_execution.set(run.ref.id)
+        try:
+            hook = self.step_hook
+            if hook is None:
+                return await self._run(run)
+            with hook(run, None):
+                return await self._run(run)
+        finally:
+            current_execution.reset(token)
 
     async def _run(self, run: Run) -> Outcome:
         state = _State(run, self.services)
@@ -310,6 +322,10 @@ class Executor:
         state.pending.append(step)
         state.done[step.key] = step
         state.order[step.key] = None
+        observer = self.step_observer
+        if observer is not None and step.origin is None and step.status != RETRY:
+            observer((state.run.flow.nodes[step.node].type, "error" if step.status == FAILED else "ok",
+                      step.ended_at - step.started_at))
 
     async def _run_nodes(self, state: _State, order: list[str], owner: str | None, scope: str) -> None:
         flow = state.run.flow
@@ -543,7 +559,7 @@ def backoff_delay(base: float, cap: float, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def _secrets(credential: Mapping[str, Any]) -> list[str]:
+def secret_values(credential: Mapping[str, Any]) -> list[str]:
     """The strings to redact. A `Credential`'s registered type says which fields are secret and
     the forms they travel in; of any other mapping (a Services that is not the vault) every value
     but "type" counts as secret. Values under 4 characters would redact ordinary text at random."""
@@ -554,7 +570,7 @@ def _secrets(credential: Mapping[str, Any]) -> list[str]:
 
 def redact(encoded: bytes, credential: Mapping[str, Any]) -> bytes:
     """Replace every secret value of a credential found in a node's output JSON."""
-    for value in _secrets(credential):
+    for value in secret_values(credential):
         needle = _encode(value)[1:-1]
         if needle in encoded:
             encoded = encoded.replace(needle, b"[redacted]")
@@ -563,7 +579,7 @@ def redact(encoded: bytes, credential: Mapping[str, Any]) -> bytes:
 
 def redact_text(text: str, credential: Mapping[str, Any]) -> str:
     """Replace every secret value of a credential found in an error message."""
-    for value in _secrets(credential):
+    for value in secret_values(credential):
         text = text.replace(value, "[redacted]")
     return text
 

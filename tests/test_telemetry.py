@@ -134,10 +134,11 @@ def test_without_an_endpoint_there_is_no_tracer_and_no_exporter(tmp_path):
         telemetry.setup(settings, "worker")
         assert telemetry.tracer() is None
         assert not isinstance(trace.get_tracer_provider(), TracerProvider)  # the API's no-op proxy: nothing exported
-        assert Executor.step_hook is telemetry.step_hook  # step metrics only
+        assert Executor.step_hook is None  # no spans: the engine runs steps without a context manager
+        assert Executor.step_observer is not None  # step durations still go to the histograms
     finally:
         telemetry.shutdown()
-        Executor.step_hook = None
+        Executor.step_hook = Executor.step_observer = None
         root.handlers[:] = before[0]
         root.setLevel(before[1])
 

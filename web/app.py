@@ -20,7 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 from litestar.static_files import create_static_files_router
 from litestar.types import Receive, Scope, Send
 
-from appliance import logs
+from appliance import logs, telemetry
 from appliance.runtime import Runtime, tune_gc
 from appliance.settings import Settings
 
@@ -85,6 +85,7 @@ class App:
 
     def __init__(self, litestar: Litestar, hooks: Hooks):
         self.litestar, self.hooks = litestar, hooks
+        self.tracing = telemetry.tracer() is not None  # appliance.telemetry.setup ran before the app is made
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,7 +107,7 @@ class App:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        span = metrics.start_span(scope, rid)
+        span = metrics.start_span(scope, rid) if self.tracing else None
         try:
             await (self.hooks if hook else self.litestar)(scope, receive, send_secured)
         finally:

@@ -233,9 +233,8 @@ def request_id(scope) -> str:
 
 
 def start_span(scope, rid: str):
-    """A server span for this request, current until observe_request ends it; None when tracing is off."""
-    tracer = telemetry.tracer()
-    return None if tracer is None else _start_span(tracer, scope, rid)
+    """A server span for this request, current until observe_request ends it (tracing is on)."""
+    return _start_span(telemetry.tracer(), scope, rid)
 
 
 def observe_request(scope, hook: bool, status: int, elapsed: float, span) -> None:
