@@ -140,10 +140,15 @@ class RunStore:
                     update(conn)
         written = self.db.awrite(fn, rows)
         counted = self._count(ref.tenant_id, 0 if ref.persisted else 1, steps)  # an inline run is created here
+        ended = row is not None and row["status"] in FINAL  # for the outcomes rollup (no INSERT trigger: usage.py)
+        if ended:
+            self.meter.finished(ref.tenant_id, row["created_at"], row["status"])
         try:
             await written
         except Exception:
             self.meter.add(ref.tenant_id, *(-n for n in counted))
+            if ended:
+                self.meter.finished(ref.tenant_id, row["created_at"], row["status"], -1)
             raise
         ref.persisted = True
         ref.claim = None

@@ -10,6 +10,11 @@ group commit writes the sums to the `usage` table of runs.db. The job is queued 
 writes it counts, so it rides in their transaction: no transaction of its own, and a crash loses
 at most the counts of a batch that overflowed `storage.group_commit_max` or of writes made from
 another thread a moment before (the cron scheduler's), never doubles one.
+
+The same job keeps the dashboard's `outcomes` rollup (runs 0006) for executions inserted already
+finished: a synchronous webhook's whole run is one insert, and a trigger per row cost a sixth of
+SQLite's work on that path (runs 0009 dropped it; `UsageMeter.finished`). Status changes of stored
+executions still go through the UPDATE trigger.
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ COLUMNS = ("executions", "steps", "bytes")
 UPSERT = ("INSERT INTO usage (tenant_id, day, executions, steps, bytes) VALUES (?,?,?,?,?) "
           "ON CONFLICT (tenant_id, day) DO UPDATE SET executions=executions+excluded.executions, "
           "steps=steps+excluded.steps, bytes=bytes+excluded.bytes")
+OUTCOMES_UPSERT = ("INSERT INTO outcomes (tenant_id, hour, succeeded, failed, cancelled) VALUES (?,?,?,?,?) "
+                   "ON CONFLICT (tenant_id, hour) DO UPDATE SET succeeded=succeeded+excluded.succeeded, "
+                   "failed=failed+excluded.failed, cancelled=cancelled+excluded.cancelled")
+OUTCOMES = ("succeeded", "failed", "cancelled")
 
 
 class UsageMeter:
-    """Sums of what RunStore wrote, per (tenant, day), on their way to the `usage` table.
+    """Sums of what RunStore wrote, per (tenant, day), on their way to the `usage` table, and
+    finished executions per (tenant, hour of creation) on their way to `outcomes`.
 
     `add` only adds in memory and, if no upsert job is queued, queues one on the database's writer;
     that job takes every sum gathered by the time its transaction runs. Sums it took stay held
@@ -46,8 +56,9 @@ class UsageMeter:
     def __init__(self, db: Database):
         self.db = db
         self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], list[int]] = {}
-        self._taken: dict[tuple[str, str], list[int]] = {}
+        #: (UPSERT or OUTCOMES_UPSERT, tenant_id, day or hour) -> its three counts
+        self._pending: dict[tuple[str, str, Any], list[int]] = {}
+        self._taken: dict[tuple[str, str, Any], list[int]] = {}
         self._queued = False
         self._day, self._day_ends = "", 0.0
 
@@ -56,15 +67,21 @@ class UsageMeter:
         if now >= self._day_ends:
             self._day = time.strftime("%Y-%m-%d", time.gmtime(now))
             self._day_ends = (now // 86400 + 1) * 86400
-        key = (tenant_id, self._day)
+        self._sum((UPSERT, tenant_id, self._day), executions, steps, nbytes)
+
+    def finished(self, tenant_id: str, created_at: float, status: str, n: int = 1) -> None:
+        """An execution inserted with a final status (n=-1 takes back one whose write failed)."""
+        self._sum((OUTCOMES_UPSERT, tenant_id, int(created_at // 3600)), *(n if s == status else 0 for s in OUTCOMES))
+
+    def _sum(self, key: tuple[str, str, Any], a: int, b: int, c: int) -> None:
         with self._lock:
             counts = self._pending.get(key)
             if counts is None:
-                self._pending[key] = [executions, steps, nbytes]
+                self._pending[key] = [a, b, c]
             else:
-                counts[0] += executions
-                counts[1] += steps
-                counts[2] += nbytes
+                counts[0] += a
+                counts[1] += b
+                counts[2] += c
             if self._queued:
                 return
             self._queued = True
@@ -84,8 +101,12 @@ class UsageMeter:
                 for i in range(3):
                     held[i] += counts[i]
             self._pending = {}
-            rows = [(tenant_id, day, *counts) for (tenant_id, day), counts in self._taken.items() if any(counts)]
-        conn.executemany(UPSERT, rows)
+            rows: dict[str, list[tuple]] = {}
+            for (sql, tenant_id, period), counts in self._taken.items():
+                if any(counts):
+                    rows.setdefault(sql, []).append((tenant_id, period, *counts))
+        for sql, params in rows.items():
+            conn.executemany(sql, params)
 
     def _written(self, future: Future) -> None:
         error = future.exception()

@@ -405,8 +405,13 @@ def page_flows(data: Path, tenant_id: str, total: int) -> list:
 
 
 def fill_usage(data: Path) -> None:
-    """The `usage` table as the meter would have written it for the bulk-inserted rows (per tenant and UTC day)."""
+    """The `usage` and `outcomes` tables as the meter would have written them for the bulk-inserted rows
+    (per tenant and UTC day; per tenant and hour)."""
     with sqlite3.connect(data / "runs.db") as conn:
+        conn.execute("DELETE FROM outcomes")
+        conn.execute("INSERT INTO outcomes (tenant_id, hour, succeeded, failed, cancelled) SELECT tenant_id, "
+                     "CAST(created_at / 3600 AS INTEGER), sum(status = 'succeeded'), sum(status = 'failed'), "
+                     "sum(status = 'cancelled') FROM executions GROUP BY 1, 2")
         conn.execute("DELETE FROM usage")
         conn.execute("INSERT INTO usage (tenant_id, day, executions, steps, bytes) SELECT tenant_id, "
                      "date(created_at, 'unixepoch'), count(*), 0, 0 FROM executions GROUP BY 1, 2")
