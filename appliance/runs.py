@@ -7,6 +7,7 @@ Ids are time-ordered (12 hex digits of milliseconds, then random) so lists page 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import random
 import sqlite3
@@ -37,6 +38,20 @@ EXEC_SQL = ("INSERT INTO executions (id, tenant_id, flow_id, flow_name, flow_ver
             "(:id, :tenant_id, :flow_id, :flow_name, :flow_version, :status, :trigger, :input, :meta, :output, :error, "
             ":parent_id, :dedup_key, :resume_at, :owner, :created_at, :finished_at, :created_at)")
 
+# The engine's commits are the hot path (a synchronous webhook is one execution row and a step row per
+# node), and Python's sqlite3 binds some values far slower than others: a named parameter is looked up
+# by a new str each time, and None and bytes go through its adapter registry (about 0.5 and 0.9 us a
+# value, against 0.1 for an int; bytearray takes the fast path). So those rows go positionally, blobs
+# as bytearray, and a step that ran plainly leaves its always-NULL columns out of the statement:
+# about a sixth less SQLite work per run (measured with valgrind).
+_EXEC_COLUMNS = ("id", "tenant_id", "flow_id", "flow_name", "flow_version", "status", "trigger", "input", "meta",
+                 "output", "error", "parent_id", "dedup_key", "resume_at", "owner", "created_at", "finished_at")
+_EXEC_VALUES_SQL = (f"INSERT INTO executions ({', '.join(_EXEC_COLUMNS)}, updated_at) "
+                    f"VALUES ({'?, ' * len(_EXEC_COLUMNS)}?)")
+_exec_values = operator.itemgetter(*_EXEC_COLUMNS, "created_at")
+_STEP_PLAIN_SQL = ("INSERT INTO steps (execution_id, seq, tenant_id, key, node, attempt, status, input_count, output, "
+                   "truncated, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
 
 _last_id = [0, 0]  # [milliseconds, sequence] of the last id made in this process
 
@@ -66,9 +81,22 @@ def execution_row(*, tenant_id: str, flow_id: str | None, flow_name: str, flow_v
             "finished_at": None}
 
 
-def _step_params(ref: ExecutionRef, s: StepRecord) -> tuple:
-    return (ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count, s.outputs_json, s.error,
-            s.resume_at, int(s.truncated), s.started_at, s.ended_at, s.origin)
+def _blob(value: bytes | None) -> bytearray | None:
+    return None if value is None else bytearray(value)
+
+
+def _step_rows(ref: ExecutionRef, steps: list[StepRecord]) -> list[tuple[str, list[tuple]]]:
+    """The rows that store these steps (see _STEP_PLAIN_SQL)."""
+    plain, other = [], []
+    for s in steps:
+        if s.error is None and s.resume_at is None and s.origin is None and s.outputs_json is not None:
+            plain.append((ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count,
+                          bytearray(s.outputs_json), int(s.truncated), s.started_at, s.ended_at))
+        else:
+            other.append((ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count,
+                          _blob(s.outputs_json), s.error, s.resume_at, int(s.truncated), s.started_at, s.ended_at,
+                          s.origin))
+    return [(sql, rows) for sql, rows in ((_STEP_PLAIN_SQL, plain), (_STEP_ORIGIN_SQL, other)) if rows]
 
 
 @dataclass
@@ -104,7 +132,7 @@ class RunStore:
         change of an already stored execution is an UPDATE after them.
         """
         if finish is None and ref.persisted and ref.claim is None:  # the hot path: steps of a running run
-            written = self.db.awrite(None, [(_STEP_ORIGIN_SQL, [_step_params(ref, s) for s in steps])])
+            written = self.db.awrite(None, _step_rows(ref, steps))
             counted = self._count(ref.tenant_id, 0, steps)
             try:
                 await written
@@ -122,6 +150,7 @@ class RunStore:
                      finish.resume_at, now if finish.status in FINAL else None)
             if row is not None:  # the whole run in one commit: insert the row as it ended
                 row = {**row, **dict(zip(("status", "output", "error", "resume_at", "finished_at"), final))}
+                row["output"] = _blob(row["output"])
             else:
                 def update(conn: sqlite3.Connection) -> None:
                     conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
@@ -129,9 +158,9 @@ class RunStore:
                                  "('succeeded', 'failed', 'cancelled')", (*final, finish.paused_at, now, ref.id))
         rows = []
         if row is not None:
-            rows.append((EXEC_SQL, [row]))
+            rows.append((_EXEC_VALUES_SQL, [_exec_values({**row, "input": _blob(row["input"])})]))
         if steps:
-            rows.append((_STEP_ORIGIN_SQL, [_step_params(ref, s) for s in steps]))
+            rows.extend(_step_rows(ref, steps))
         fn = update
         if claim is not None:
             def fn(conn: sqlite3.Connection) -> None:
