@@ -4,6 +4,9 @@ Every database (`*.db` at the top of the data directory) is copied with SQLite's
 from a read transaction: a consistent snapshot of each file as of one commit, taken beside the
 running writers (WAL lets them go on). The copies go into a tar archive with `manifest.json`.
 
+Plugin connectors (`plugins/*.py`, code the administrator installed) go in beside them, so that a
+restored instance runs the same flows.
+
 The master key (`flowfuse.key`) goes into the archive only when a passphrase encrypts it: the tar
 is then cut into 1 MiB chunks, each sealed with AES-256-GCM under a key derived from the passphrase
 with scrypt (a random salt per archive). The nonce of a chunk is a random prefix and its number; the
@@ -52,6 +55,13 @@ def databases(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.glob("*.db") if p.is_file())
 
 
+PLUGINS = "plugins"
+
+
+def plugins(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / PLUGINS).glob("*.py") if p.is_file())
+
+
 def snapshot(source: Path, target: Path) -> None:
     """A consistent copy of one SQLite file (WAL included) made with the online backup API."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
@@ -78,7 +88,8 @@ def create(data_dir: Path, out: Path, passphrase: str | None, version: str = "")
     key_path = data_dir / KEY_FILE
     include_key = bool(passphrase) and key_path.exists()
     manifest: dict[str, Any] = {"format": 1, "created_at": time.time(), "version": version,
-                                "databases": {}, "master_key": include_key, "encrypted": bool(passphrase)}
+                                "databases": {}, "plugins": [p.name for p in plugins(data_dir)],
+                                "master_key": include_key, "encrypted": bool(passphrase)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".backup-", dir=out.parent) as tmp:
         tmp_dir = Path(tmp)
@@ -99,6 +110,8 @@ def create(data_dir: Path, out: Path, passphrase: str | None, version: str = "")
             _tar_add_bytes(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
             for name in manifest["databases"]:
                 tar.add(tmp_dir / name, arcname=name)
+            for name in manifest["plugins"]:
+                _tar_add_bytes(tar, f"{PLUGINS}/{name}", (data_dir / PLUGINS / name).read_bytes(), 0o644)
             if include_key:
                 _tar_add_bytes(tar, KEY_FILE, key_path.read_bytes())
         partial = out.with_name(out.name + ".partial")
@@ -208,9 +221,15 @@ def restore(archive: Path, data_dir: Path, passphrase: str | None) -> dict[str, 
             if "manifest.json" not in names:
                 raise BackupError(f"{archive} is not a flowfuse backup (no manifest.json)")
             manifest = json.loads(tar.extractfile("manifest.json").read())
-            wanted = [*manifest.get("databases", {})] + ([KEY_FILE] if manifest.get("master_key") else [])
+            files = [*manifest.get("databases", {})] + ([KEY_FILE] if manifest.get("master_key") else [])
+            for plugin in manifest.get("plugins", []):
+                if "/" in plugin or plugin.startswith(".") or not plugin.endswith(".py"):
+                    raise BackupError(f"{archive} is damaged: plugin {plugin!r} is not a plain .py file name")
+            if manifest.get("plugins"):
+                (staging / PLUGINS).mkdir(mode=0o700)
+            wanted = files + [f"{PLUGINS}/{plugin}" for plugin in manifest.get("plugins", [])]
             for name in wanted:
-                if "/" in name or name.startswith(".") or name not in names:
+                if (name in files and ("/" in name or name.startswith("."))) or name not in names:
                     raise BackupError(f"{archive} is damaged: {name!r} is listed but missing or unsafe")
                 member = tar.getmember(name)
                 if not member.isfile():
@@ -227,12 +246,15 @@ def restore(archive: Path, data_dir: Path, passphrase: str | None) -> dict[str, 
                 conn.close()
             if check != "ok":
                 raise BackupError(f"{name} in the archive fails its integrity check ({check}); nothing was restored")
+        if manifest.get("plugins"):
+            (data_dir / PLUGINS).mkdir(mode=0o700, exist_ok=True)
         for name in wanted:
             os.replace(staging / name, data_dir / name)
             placed.append(data_dir / name)
     except BaseException:
         for path in placed:  # the directory was empty: leave it so
             path.unlink(missing_ok=True)
+        shutil.rmtree(data_dir / PLUGINS, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -97,6 +97,9 @@ def test_encrypted_backup_under_load_restores_a_consistent_working_copy(server, 
 
 def test_plain_backup_holds_no_master_key(server, tmp_path):
     server.import_flow(FLOW)
+    plugin = b"# a connector the administrator installed\nVALUE = 42\n"
+    (server.data_dir / "plugins").mkdir(exist_ok=True)
+    (server.data_dir / "plugins" / "acme.py").write_bytes(plugin)
     archive = tmp_path / "plain.tar"
     made = flowfuse("backup", str(archive), "--data-dir", str(server.data_dir))
     assert made.returncode == 0, made.stderr
@@ -108,6 +111,7 @@ def test_plain_backup_holds_no_master_key(server, tmp_path):
     done = flowfuse("restore", str(archive), "--data-dir", str(target))
     assert done.returncode == 0 and "holds no master key" in done.stderr
     assert not (target / "flowfuse.key").exists()
+    assert (target / "plugins" / "acme.py").read_bytes() == plugin  # the instance's plugins come back too
     refused = flowfuse("flow", "list", "--data-dir", str(target))
     assert refused.returncode == 1 and "flowfuse.key is missing" in refused.stderr
     (target / "flowfuse.key").write_bytes((server.data_dir / "flowfuse.key").read_bytes())
