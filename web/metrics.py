@@ -8,7 +8,7 @@ process sees):
   retention deletes old executions);
 - flowfuse_executions{tenant,flow,status}: executions stored now, counted on the
   (tenant_id, flow_id, status) index;
-- flowfuse_step_duration_seconds{node_type,status}: histograms the engine's step hook records in
+- flowfuse_step_duration_seconds{node_type,status}: histograms the engine's step observer records in
   metrics.db (appliance.telemetry), web and worker alike;
 - flowfuse_webhook_duration_seconds{code}: webhook requests answered by this process;
 - flowfuse_queue_depth{state}: messages in queue.db, ready or scheduled for later;
