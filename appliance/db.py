@@ -312,7 +312,8 @@ class Writer:
                 for job in batch:
                     job.result = job.fn(conn) if job.fn is not None else None
             except Exception:  # noqa: BLE001 - redone in isolation to find whose it is
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself after some errors (SQLITE_FULL, I/O)
+                    conn.execute("ROLLBACK")
                 return False
             conn.execute("COMMIT")
             return True
@@ -323,6 +324,8 @@ class Writer:
                 job.run(conn)
                 conn.execute("RELEASE job")
             except Exception as exc:  # noqa: BLE001 - handed to the caller
+                if not conn.in_transaction:  # SQLite rolled it all back (disk full): every job failed with it
+                    raise
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 job.result, job.error = None, disk_full(exc, self.path)
