@@ -40,7 +40,7 @@ test: install-test browsers services
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 bench: install-test
-	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { echo "installing wrk and valgrind (Debian packages)"; apt-get install -y -qq wrk valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk valgrind; }; }
 	$(PY) bench/run.py
 
 clean:

@@ -7,6 +7,8 @@
 5. `GET /api/v1/tenants/{tenant}/executions` pages over 1,000,000 executions of 100 flows (`--only list`).
 6. Console pages (flows list, executions list, an execution, the dashboard) with 10,000 flows and
    1,000,000 executions in one tenant (`--only pages`).
+7. CPU instructions per synchronous webhook under valgrind (`--only instructions`): unlike throughput,
+   it does not move with the machine's load, so a regression of a few percent shows.
 
 Everything runs on 127.0.0.1 against real processes (`flowfuse serve` / `flowfuse worker`) over
 a fresh data directory. Figures depend on the machine; bench/README.md records measured runs.
@@ -19,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -478,12 +481,26 @@ def bench_pages(base: Path, requests: int, total: int, flow_count: int = 10_000)
         serve.stop()
 
 
+def bench_instructions(base: Path, short: int = 300, long: int = 1300) -> None:
+    """Benchmark 7 (see bench/instructions.py): two runs over fresh data directories, their difference."""
+    print("7. CPU instructions per synchronous webhook (the web app in process, no uvicorn, under valgrind)")
+    if shutil.which("valgrind") is None:
+        print("  skipped: valgrind is not installed (apt-get install valgrind)")
+        return
+    from instructions import count
+
+    per = (count(prepare(base, "instr-long", SYNC_FLOW), long) -
+           count(prepare(base, "instr-short", SYNC_FLOW), short)) / (long - short)
+    line("instructions per webhook", per, "", "(no target)", True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15, help="length of each wrk run")
     parser.add_argument("--flows", type=int, default=2000, help="runs of the 100-step flow")
     parser.add_argument("--executions", type=int, default=1_000_000, help="executions in runs.db for the list")
-    parser.add_argument("--only", choices=["sync", "long", "async", "list", "pages"], action="append")
+    parser.add_argument("--only", choices=["sync", "long", "async", "list", "pages", "instructions"],
+                        action="append")
     parser.add_argument("--requests", type=int, default=200, help="requests per console page (pages)")
     parser.add_argument("--checkpoint", choices=["every_step", "effects"], default="every_step",
                         help="engine.checkpoint for the 100-step flow (the target is for every_step)")
@@ -502,6 +519,8 @@ def main() -> None:
             bench_list(base, args.seconds, args.executions)
         if not args.only or "pages" in args.only:
             bench_pages(base, args.requests, args.executions)
+        if not args.only or "instructions" in args.only:
+            bench_instructions(base)
 
 
 if __name__ == "__main__":
