@@ -167,7 +167,9 @@ def test_edit_undo_redo_copy_paste_select_and_see_validation_at_the_field(page, 
 
     width = box(page, "hook")["width"]
     page.get_by_role("button", name="Zoom in").click()
-    poll(lambda: box(page, "hook")["width"] > width * 1.1, 10, "the node drawn larger")
+    poll(lambda: box(page, "hook")["width"] > width * 1.1, 10,  # CI once saw no change: say what was drawn
+         lambda: f"the node drawn larger than {width} (now {box(page, 'hook')['width']}, canvas "
+                 f"{page.locator('.world').get_attribute('style')})")
     page.get_by_role("button", name="Zoom out").click()
     poll(lambda: abs(box(page, "hook")["width"] - width) < 1, 10, "the node drawn at its size again")
     screen_x = box(page, "hook")["x"]
