@@ -150,7 +150,6 @@ class RunStore:
                      finish.resume_at, now if finish.status in FINAL else None)
             if row is not None:  # the whole run in one commit: insert the row as it ended
                 row = {**row, **dict(zip(("status", "output", "error", "resume_at", "finished_at"), final))}
-                row["output"] = _blob(row["output"])
             else:
                 def update(conn: sqlite3.Connection) -> None:
                     conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
@@ -158,7 +157,8 @@ class RunStore:
                                  "('succeeded', 'failed', 'cancelled')", (*final, finish.paused_at, now, ref.id))
         rows = []
         if row is not None:
-            rows.append((_EXEC_VALUES_SQL, [_exec_values({**row, "input": _blob(row["input"])})]))
+            blobs = {"input": _blob(row["input"]), "output": _blob(row["output"])}
+            rows.append((_EXEC_VALUES_SQL, [_exec_values({**row, **blobs})]))
         if steps:
             rows.extend(_step_rows(ref, steps))
         fn = update

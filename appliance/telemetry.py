@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -189,62 +190,22 @@ def execution_trace_id(execution_id: str) -> str:
     return f"{_trace_ids(execution_id)[0]:032x}"
 
 
-class _RunScope:
-    """The span of one invocation of a run, parent of its steps' spans."""
+@contextlib.contextmanager
+def _span(name: str, **options):
+    """A span of the tracer, current inside the block; a failure ends it as an error."""
+    from opentelemetry import context, trace
 
-    __slots__ = ("run", "span", "ctx_token")
-
-    def __init__(self, run: Run):
-        self.run = run
-
-    def __enter__(self):
-        from opentelemetry import context, trace
-        from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
-
-        trace_id, span_id = _trace_ids(self.run.ref.id)
-        root = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        current = trace.get_current_span().get_span_context()  # e.g. the webhook request that runs it inline
-        links = [Link(current)] if current.is_valid else None
-        self.span = _tracer.start_span(
-            f"execution {self.run.flow.name}", context=trace.set_span_in_context(NonRecordingSpan(root)),
-            links=links, attributes={"flowfuse.execution_id": self.run.ref.id,
-                                     "flowfuse.tenant_id": self.run.ref.tenant_id,
-                                     "flowfuse.flow": self.run.flow.name, "flowfuse.trigger": self.run.trigger})
-        self.ctx_token = context.attach(trace.set_span_in_context(self.span))
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        from opentelemetry import context
-
-        _end_span(self.span, exc)
-        context.detach(self.ctx_token)
-        return False
-
-
-class _StepScope:
-    """The span of one attempt of a node."""
-
-    __slots__ = ("ctx", "span", "ctx_token")
-
-    def __init__(self, ctx: NodeContext):
-        self.ctx = ctx
-
-    def __enter__(self):
-        from opentelemetry import context, trace
-
-        ctx = self.ctx
-        self.span = _tracer.start_span(f"step {ctx.node.id}", attributes={
-            "flowfuse.execution_id": ctx.run.ref.id, "flowfuse.node": ctx.node.id,
-            "flowfuse.node_type": ctx.node.type, "flowfuse.step_key": ctx.key, "flowfuse.attempt": ctx.attempt})
-        self.ctx_token = context.attach(trace.set_span_in_context(self.span))
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        from opentelemetry import context
-
-        _end_span(self.span, exc)
-        context.detach(self.ctx_token)
-        return False
+    span = _tracer.start_span(name, **options)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    except BaseException as exc:
+        _end_span(span, exc)
+        raise
+    else:
+        _end_span(span, None)
+    finally:
+        context.detach(token)
 
 
 def _end_span(span, exc: BaseException | None) -> None:
@@ -260,8 +221,22 @@ def _end_span(span, exc: BaseException | None) -> None:
 
 
 def step_hook(run: Run, ctx: NodeContext | None):
-    """The engine's StepHook (see engine.executor) while tracing: a span per run and per step."""
-    return _RunScope(run) if ctx is None else _StepScope(ctx)
+    """The engine's StepHook (see engine.executor) while tracing: a span per invocation of a run, parent
+    of a span per attempt of a node."""
+    if ctx is not None:
+        return _span(f"step {ctx.node.id}", attributes={
+            "flowfuse.execution_id": ctx.run.ref.id, "flowfuse.node": ctx.node.id,
+            "flowfuse.node_type": ctx.node.type, "flowfuse.step_key": ctx.key, "flowfuse.attempt": ctx.attempt})
+    from opentelemetry import trace
+    from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+
+    trace_id, span_id = _trace_ids(run.ref.id)
+    root = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    current = trace.get_current_span().get_span_context()  # e.g. the webhook request that runs it inline
+    return _span(f"execution {run.flow.name}", context=trace.set_span_in_context(NonRecordingSpan(root)),
+                 links=[Link(current)] if current.is_valid else None,
+                 attributes={"flowfuse.execution_id": run.ref.id, "flowfuse.tenant_id": run.ref.tenant_id,
+                             "flowfuse.flow": run.flow.name, "flowfuse.trigger": run.trigger})
 
 
 def _observe_and_log(step: tuple[str, str, float]) -> None:

@@ -232,11 +232,6 @@ def request_id(scope) -> str:
     return f"{_request_prefix}-{next(_request_seq):x}"
 
 
-def start_span(scope, rid: str):
-    """A server span for this request, current until observe_request ends it (tracing is on)."""
-    return _start_span(telemetry.tracer(), scope, rid)
-
-
 def observe_request(scope, hook: bool, status: int, elapsed: float, span) -> None:
     """After a request (see web.app.App): webhook latency, the span's end, the DEBUG access line."""
     if hook:
@@ -249,7 +244,8 @@ def observe_request(scope, hook: bool, status: int, elapsed: float, span) -> Non
                       headers)
 
 
-def _start_span(tracer, scope, rid: str):
+def start_span(scope, rid: str):
+    """A server span for this request, current until observe_request ends it (tracing is on)."""
     from opentelemetry import context, trace
     from opentelemetry.trace import SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -259,8 +255,9 @@ def _start_span(tracer, scope, rid: str):
     parent = TraceContextTextMapPropagator().extract(carrier) if carrier else None
     path = scope["path"]
     route = "/hooks/{path}" if path.startswith("/hooks/") else path  # webhook paths are per flow: keep names few
-    span = tracer.start_span(f"{scope['method']} {route}", context=parent, kind=SpanKind.SERVER, attributes={
-        "http.request.method": scope["method"], "url.path": path, "flowfuse.request_id": rid})
+    span = telemetry.tracer().start_span(
+        f"{scope['method']} {route}", context=parent, kind=SpanKind.SERVER,
+        attributes={"http.request.method": scope["method"], "url.path": path, "flowfuse.request_id": rid})
     return span, context.attach(trace.set_span_in_context(span))
 
 
