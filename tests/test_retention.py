@@ -21,11 +21,15 @@ def _runs(data, sql: str, params=()):
 
 
 def _size_after_checkpoint(data) -> int:
-    conn = sqlite3.connect(data / "runs.db", timeout=10)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        conn.close()
+    """runs.db's size once the whole WAL is in it (a checkpoint the server's writers keep busy is tried again)."""
+    def checkpointed() -> bool:
+        conn = sqlite3.connect(data / "runs.db", timeout=10)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+        return busy == 0
+    poll(checkpointed, what="a complete checkpoint of runs.db")
     return os.path.getsize(data / "runs.db")
 
 
