@@ -257,7 +257,8 @@ class Writer:
         in a batch that share a statement go to SQLite in one executemany.
         (A plain function returning the future, not a coroutine: one frame less to resume per commit.)
         """
-        loop = self._loop if self._on_loop() else asyncio.get_running_loop()
+        loop = self._loop if threading.get_ident() == self._loop_thread or self._on_loop() \
+            else asyncio.get_running_loop()
         future = loop.create_future()
         self._enqueue(_Job(fn, future, rows))
         return future
@@ -480,7 +481,7 @@ class Database:
         return self.writer.write(fn)
 
     def awrite(self, fn: Callable[[sqlite3.Connection], T] | None, rows: list = ()) -> asyncio.Future:
-        return self.writer.awrite(fn, rows)
+        return (self._writer or self.writer).awrite(fn, rows)
 
     def execute(self, sql: str, params: Any = ()) -> int:
         """One write statement through the writer; returns the number of rows changed."""

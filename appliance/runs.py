@@ -85,18 +85,21 @@ def _blob(value: bytes | None) -> bytearray | None:
     return None if value is None else bytearray(value)
 
 
-def _step_rows(ref: ExecutionRef, steps: list[StepRecord]) -> list[tuple[str, list[tuple]]]:
-    """The rows that store these steps (see _STEP_PLAIN_SQL)."""
-    plain, other = [], []
+def _step_rows(ref: ExecutionRef, steps: list[StepRecord]) -> tuple[list[tuple[str, list[tuple]]], int]:
+    """The rows that store these steps (see _STEP_PLAIN_SQL), and their output bytes (for the meter)."""
+    plain, other, nbytes = [], [], 0
     for s in steps:
-        if s.error is None and s.resume_at is None and s.origin is None and s.outputs_json is not None:
+        output = s.outputs_json
+        if output is not None:
+            nbytes += len(output)
+            output = bytearray(output)
+        if s.error is None and s.resume_at is None and s.origin is None and output is not None:
             plain.append((ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count,
-                          bytearray(s.outputs_json), int(s.truncated), s.started_at, s.ended_at))
+                          output, int(s.truncated), s.started_at, s.ended_at))
         else:
             other.append((ref.id, s.seq, ref.tenant_id, s.key, s.node, s.attempt, s.status, s.input_count,
-                          _blob(s.outputs_json), s.error, s.resume_at, int(s.truncated), s.started_at, s.ended_at,
-                          s.origin))
-    return [(sql, rows) for sql, rows in ((_STEP_PLAIN_SQL, plain), (_STEP_ORIGIN_SQL, other)) if rows]
+                          output, s.error, s.resume_at, int(s.truncated), s.started_at, s.ended_at, s.origin))
+    return [(sql, rows) for sql, rows in ((_STEP_PLAIN_SQL, plain), (_STEP_ORIGIN_SQL, other)) if rows], nbytes
 
 
 @dataclass
@@ -131,13 +134,14 @@ class RunStore:
         The execution row and the steps go as rows (batched across runs by the writer); the status
         change of an already stored execution is an UPDATE after them.
         """
+        rows, nbytes = _step_rows(ref, steps)
         if finish is None and ref.persisted and ref.claim is None:  # the hot path: steps of a running run
-            written = self.db.awrite(None, _step_rows(ref, steps))
-            counted = self._count(ref.tenant_id, 0, steps)
+            written = self.db.awrite(None, rows)
+            self.meter.add(ref.tenant_id, 0, len(steps), nbytes)
             try:
                 await written
             except Exception:
-                self.meter.add(ref.tenant_id, *(-n for n in counted))  # nothing of it was stored
+                self.meter.add(ref.tenant_id, 0, -len(steps), -nbytes)  # nothing of it was stored
                 raise
             return
         row = None if ref.persisted else ref.row
@@ -155,12 +159,9 @@ class RunStore:
                     conn.execute("UPDATE executions SET status=?, output=?, error=?, resume_at=?, finished_at=?, "
                                  "paused_at=?, updated_at=? WHERE id=? AND status NOT IN "
                                  "('succeeded', 'failed', 'cancelled')", (*final, finish.paused_at, now, ref.id))
-        rows = []
         if row is not None:
             blobs = {"input": _blob(row["input"]), "output": _blob(row["output"])}
-            rows.append((_EXEC_VALUES_SQL, [_exec_values({**row, **blobs})]))
-        if steps:
-            rows.extend(_step_rows(ref, steps))
+            rows.insert(0, (_EXEC_VALUES_SQL, [_exec_values({**row, **blobs})]))
         fn = update
         if claim is not None:
             def fn(conn: sqlite3.Connection) -> None:
@@ -168,7 +169,8 @@ class RunStore:
                 if update is not None:
                     update(conn)
         written = self.db.awrite(fn, rows)
-        counted = self._count(ref.tenant_id, 0 if ref.persisted else 1, steps)  # an inline run is created here
+        counted = (0 if ref.persisted else 1, len(steps), nbytes)  # an inline run is created here
+        self.meter.add(ref.tenant_id, *counted)
         ended = row is not None and row["status"] in FINAL  # for the outcomes rollup (no INSERT trigger: usage.py)
         if ended:
             self.meter.finished(ref.tenant_id, row["created_at"], row["status"])
@@ -181,15 +183,6 @@ class RunStore:
             raise
         ref.persisted = True
         ref.claim = None
-
-    def _count(self, tenant_id: str, executions: int, steps: list[StepRecord]) -> tuple[int, int, int]:
-        """Meter a write (see appliance.usage): executions created, steps and their output bytes."""
-        nbytes = 0
-        for s in steps:
-            if s.outputs_json:
-                nbytes += len(s.outputs_json)
-        self.meter.add(tenant_id, executions, len(steps), nbytes)
-        return executions, len(steps), nbytes
 
     @staticmethod
     def _claim_fn(execution_id: str, status: str, previous_owner: str | None, owner: str):

@@ -28,7 +28,7 @@ import contextvars
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +44,8 @@ from .ports import (
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
+#: Decodes a step's encoded outputs and checks their shape in the same pass ({output: [object, ...]}).
+_decode_outputs = msgspec.json.Decoder(dict[str, list[dict]]).decode
 
 
 class NodeError(Exception):
@@ -311,10 +313,13 @@ class Executor:
         outcome.steps = [state.done[k] for k in state.order if k in state.done]
         return outcome
 
-    async def _flush(self, state: _State) -> None:
-        if state.pending:
-            steps, state.pending = state.pending, []
-            await self.store.commit(state.run.ref, steps, None)
+    def _flush(self, state: _State) -> Awaitable[None]:
+        """Commit the steps recorded since the last commit; call only when there are some.
+
+        (It returns the store's awaitable rather than being a coroutine itself: a step of a long
+        flow then resumes one frame fewer.)"""
+        steps, state.pending = state.pending, []
+        return self.store.commit(state.run.ref, steps, None)
 
     def _record(self, state: _State, step: StepRecord) -> None:
         step.seq = state.next_seq
@@ -416,7 +421,8 @@ class Executor:
             if state.ran:
                 raise _Park(None, paused_at=node.id)  # the steps so far are committed with the park
             state.ran = True
-        if not node.spec.pure or self.limits.checkpoint_every_step or state.run.checkpoint_every_step:
+        if state.pending and (not node.spec.pure or self.limits.checkpoint_every_step
+                              or state.run.checkpoint_every_step):
             await self._flush(state)  # what came before is durable before this node acts on the world
         credential = self._credential(state, node) if node.credential else None
         while True:
@@ -430,10 +436,10 @@ class Executor:
                     ctx = NodeContext(node, items, inputs, state, attempt, key, credential)
                     hook = self.step_hook
                     if hook is None:
-                        outputs = await self._call(state, node, ctx)
+                        outputs = await self._call(state, node, ctx, started)
                     else:
                         with hook(state.run, ctx):
-                            outputs = await self._call(state, node, ctx)
+                            outputs = await self._call(state, node, ctx, started)
                 if isinstance(outputs, Wait):
                     return await self._wait(state, node, items, key, attempt, started, outputs)
                 return self._succeed(state, node, key, attempt, len(items), started, outputs, credential)
@@ -454,7 +460,7 @@ class Executor:
                         raise _Park(ended + delay) from None
                     self._record(state, StepRecord(key, node.id, attempt, FAILED, len(items), started, ended,
                                                    error=message))
-                    await self._flush(state)
+                    await self._flush(state)  # the failed attempt was just recorded
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
@@ -468,8 +474,8 @@ class Executor:
                 return self._succeed(state, node, key, attempt, len(items), started, routed, credential,
                                      error=message)
 
-    async def _call(self, state: _State, node: Node, ctx: NodeContext) -> Any:
-        remaining = state.deadline - time.time()
+    async def _call(self, state: _State, node: Node, ctx: NodeContext, now: float) -> Any:
+        remaining = state.deadline - now
         if remaining <= 0:
             raise _TimedOut(f"the execution timed out after {state.run.flow.timeout_s} s")
         if not node.spec.is_async:
@@ -500,28 +506,23 @@ class Executor:
                  outputs: Any, credential: dict | None, error: str | None = None) -> dict[str, list[dict]]:
         if isinstance(outputs, list):
             outputs = {"main": outputs}
-        if not isinstance(outputs, dict):
-            raise NodeError(f"{node.type} returned {type(outputs).__name__}; expected a list of items")
-        for items in outputs.values():
-            if not isinstance(items, list):
-                raise NodeError(f"{node.type} returned {type(items).__name__}; expected a list of items")
-            for item in items:
-                if not isinstance(item, dict):
-                    raise NodeError(f"produced an item that is not an object: {str(item)[:80]!r}")
         try:
             encoded = _encode(outputs)
+            checked = _decode_outputs(encoded)  # what later nodes see is exactly what a replay would see
         except (TypeError, msgspec.EncodeError) as exc:
             raise NodeError(f"produced a value that is not JSON: {exc}") from None
+        except msgspec.ValidationError:
+            raise NodeError(_shape_problem(node, outputs)) from None
         if credential:
             encoded = redact(encoded, credential)
+            checked = _decode(encoded)
         truncated = len(encoded) > self.limits.max_step_output_bytes
-        outputs = _decode(encoded)  # what later nodes see is exactly what a replay would see
         stored = encoded
         if truncated:
             stored = _encode({"_truncated": {"bytes": len(encoded), "limit": self.limits.max_step_output_bytes}})
         self._record(state, StepRecord(key, node.id, attempt, SUCCEEDED, input_count, started, time.time(),
                                        outputs_json=stored, error=error, truncated=truncated))
-        return outputs
+        return checked
 
     async def _wait(self, state: _State, node: Node, items: list[dict], key: str, attempt: int, started: float,
                     wait: Wait) -> dict[str, list[dict]]:
@@ -542,9 +543,23 @@ class Executor:
             if prev.resume_at is None or prev.resume_at > time.time() + 0.001:
                 raise _Park(prev.resume_at)
             posted = items
-        await self._flush(state)
+        if state.pending:
+            await self._flush(state)
         return self._succeed(state, node, key, prev.attempt, prev.input_count, prev.started_at,
                              {"main": posted}, None)
+
+
+def _shape_problem(node: Node, outputs: Any) -> str:
+    """What is wrong with outputs that are not {output name: [object, ...]}."""
+    if not isinstance(outputs, dict):
+        return f"{node.type} returned {type(outputs).__name__}; expected a list of items"
+    for items in outputs.values():
+        if not isinstance(items, list):
+            return f"{node.type} returned {type(items).__name__}; expected a list of items"
+        for item in items:
+            if not isinstance(item, dict):
+                return f"produced an item that is not an object: {str(item)[:80]!r}"
+    return f"{node.type} returned outputs of the wrong shape"
 
 
 def pinned_outputs(node: Node, items: list[dict]) -> dict[str, list[dict]]:
