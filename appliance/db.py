@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -158,6 +158,17 @@ def pending_migrations(path: Path, migrations: sqlite_utils.Migrations) -> list[
         conn.close()
 
 
+class CommitHook(Protocol):
+    """Work that rides in every write transaction of a database (the usage meter of runs.db)."""
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Called inside each transaction, after its writes. If it raises, the writes are redone one
+        by one and the transaction commits without this hook's part."""
+
+    def committed(self) -> None:
+        """Called after a transaction in which `write` succeeded has committed."""
+
+
 class _Job:
     __slots__ = ("fn", "future", "rows", "result", "error")
 
@@ -182,8 +193,9 @@ class Writer:
     """
 
     def __init__(self, path: Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000, max_batch: int = 512,
-                 loop: asyncio.AbstractEventLoop | None = None):
+                 loop: asyncio.AbstractEventLoop | None = None, hooks: list[CommitHook] | None = None):
         self.path = path
+        self.hooks = hooks if hooks is not None else []
         self._conn = connect(path, synchronous, busy_timeout_ms)
         self._max_batch = max_batch
         self._loop = loop
@@ -274,6 +286,8 @@ class Writer:
             self._thread.join(timeout=10)
         while self._pending:
             self._flush()
+        if self.hooks:  # what was reported after the last transaction (see CommitHook)
+            self._run_batch([])
         self._conn.close()
 
     def _thread_loop(self) -> None:
@@ -298,8 +312,9 @@ class Writer:
         return more
 
     def _transaction(self, batch: list[_Job], isolate: bool) -> bool:
-        """Run the batch in one transaction and commit. Without `isolate`, the first failing job
-        rolls everything back and False is returned; with it, a failing job undoes only itself."""
+        """Run the batch and the commit hooks in one transaction and commit. Without `isolate`, the first
+        failure rolls everything back and False is returned; with it, a failing job (or hook) undoes
+        only itself."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         if not isolate:
@@ -312,26 +327,46 @@ class Writer:
                     conn.executemany(sql, params)
                 for job in batch:
                     job.result = job.fn(conn) if job.fn is not None else None
+                for hook in self.hooks:
+                    hook.write(conn)
             except Exception:  # noqa: BLE001 - redone in isolation to find whose it is
                 if conn.in_transaction:  # SQLite rolls back by itself after some errors (SQLITE_FULL, I/O)
                     conn.execute("ROLLBACK")
                 return False
             conn.execute("COMMIT")
+            for hook in self.hooks:
+                hook.committed()
             return True
         for job in batch:
-            conn.execute("SAVEPOINT job")
-            try:
-                job.error = None
-                job.run(conn)
-                conn.execute("RELEASE job")
-            except Exception as exc:  # noqa: BLE001 - handed to the caller
-                if not conn.in_transaction:  # SQLite rolled it all back (disk full): every job failed with it
-                    raise
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                job.result, job.error = None, disk_full(exc, self.path)
+            job.error = self._savepoint(conn, job.run)
+            if job.error is not None:
+                job.result = None
+        wrote = []
+        for hook in self.hooks:
+            error = self._savepoint(conn, hook.write)
+            if error is None:
+                wrote.append(hook)
+            else:
+                log.warning("%s not written to %s (tried again with the next write): %s", type(hook).__name__,
+                            self.path.name, error)
         conn.execute("COMMIT")
+        for hook in wrote:
+            hook.committed()
         return True
+
+    def _savepoint(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> BaseException | None:
+        """Run `fn(conn)` in a savepoint: on failure undo only it and return the error."""
+        conn.execute("SAVEPOINT job")
+        try:
+            fn(conn)
+            conn.execute("RELEASE job")
+            return None
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            if not conn.in_transaction:  # SQLite rolled it all back (disk full): every job failed with it
+                raise
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            return disk_full(exc, self.path)
 
     def _note_full(self, exc: BaseException) -> None:
         self.full = str(exc)
@@ -443,13 +478,15 @@ class Database:
         self._writer: Writer | None = None
         self._max_batch = max_batch
         self._lock = threading.Lock()
+        #: Commit hooks of this database's writer (see CommitHook); add before the first write.
+        self.hooks: list[CommitHook] = []
 
     @property
     def writer(self) -> Writer:
         if self._writer is None:
             with self._lock:
                 if self._writer is None:
-                    self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch)
+                    self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch, hooks=self.hooks)
         return self._writer
 
     def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -457,7 +494,7 @@ class Database:
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
-            self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch, loop=loop)
+            self._writer = Writer(self.path, *self._opts, max_batch=self._max_batch, loop=loop, hooks=self.hooks)
 
     @property
     def disk_full(self) -> str | None:

@@ -5,13 +5,15 @@
 - steps: step records written to runs.db (each attempt of a node is one);
 - bytes: the size of the step outputs written (the JSON stored per step).
 
-`RunStore` reports what it writes to `UsageMeter.add`, which sums it in memory; one upsert job per
-group commit writes the sums to the `usage` table of runs.db. The job is queued right behind the
-writes it counts, so it rides in their transaction: no transaction of its own, and a crash loses
-at most the counts of a batch that overflowed `storage.group_commit_max` or of writes made from
-another thread a moment before (the cron scheduler's), never doubles one.
+`RunStore` reports what it writes to `UsageMeter.add` (a deque append: no lock, no job), and the
+meter sums it into the `usage` table of runs.db at the end of every write transaction of runs.db, as
+its commit hook (see `Database.hooks`). Counts reported before a write is queued ride in that write's
+own transaction, as the engine's are; those reported after (the cron scheduler's, a moment after its
+insert) ride in the next one, or in the one the writer runs when it closes. Sums stay held until
+their transaction commits, so a rolled-back transaction (or one retried write by write) writes them
+again rather than losing them; a crash loses at most counts reported since the last commit.
 
-The same job keeps the dashboard's `outcomes` rollup (runs 0006) for executions inserted already
+The same hook keeps the dashboard's `outcomes` rollup (runs 0006) for executions inserted already
 finished: a synchronous webhook's whole run is one insert, and a trigger per row cost a sixth of
 SQLite's work on that path (runs 0009 dropped it; `UsageMeter.finished`). Status changes of stored
 executions still go through the UPDATE trigger.
@@ -19,14 +21,13 @@ executions still go through the UPDATE trigger.
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import io
 import logging
 import sqlite3
-import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from .db import Database
@@ -47,77 +48,53 @@ class UsageMeter:
     """Sums of what RunStore wrote, per (tenant, day), on their way to the `usage` table, and
     finished executions per (tenant, hour of creation) on their way to `outcomes`.
 
-    `add` only adds in memory and, if no upsert job is queued, queues one on the database's writer;
-    that job takes every sum gathered by the time its transaction runs. Sums it took stay held
-    until its commit succeeds, so a rolled-back transaction (or one retried job by job) writes them
-    again rather than losing them.
-    """
+    `add` and `finished` only append to a deque (from any thread); `write`, the commit hook that the
+    writer of runs.db calls inside each transaction, sums what was appended and upserts it."""
 
     def __init__(self, db: Database):
-        self.db = db
-        self._lock = threading.Lock()
-        #: (UPSERT or OUTCOMES_UPSERT, tenant_id, day or hour) -> its three counts
-        self._pending: dict[tuple[str, str, Any], list[int]] = {}
+        self._usage: collections.deque[tuple[str, int, int, int]] = collections.deque()
+        self._outcomes: collections.deque[tuple[str, int, str, int]] = collections.deque()
+        #: (UPSERT or OUTCOMES_UPSERT, tenant_id, day or hour) -> its three counts, until committed
         self._taken: dict[tuple[str, str, Any], list[int]] = {}
-        self._queued = False
         self._day, self._day_ends = "", 0.0
+        db.hooks.append(self)
 
     def add(self, tenant_id: str, executions: int, steps: int, nbytes: int) -> None:
-        now = time.time()
-        if now >= self._day_ends:
-            self._day = time.strftime("%Y-%m-%d", time.gmtime(now))
-            self._day_ends = (now // 86400 + 1) * 86400
-        self._sum((UPSERT, tenant_id, self._day), executions, steps, nbytes)
+        self._usage.append((tenant_id, executions, steps, nbytes))
 
     def finished(self, tenant_id: str, created_at: float, status: str, n: int = 1) -> None:
         """An execution inserted with a final status (n=-1 takes back one whose write failed)."""
-        self._sum((OUTCOMES_UPSERT, tenant_id, int(created_at // 3600)), *(n if s == status else 0 for s in OUTCOMES))
+        self._outcomes.append((tenant_id, int(created_at // 3600), status, n))
 
-    def _sum(self, key: tuple[str, str, Any], a: int, b: int, c: int) -> None:
-        with self._lock:
-            counts = self._pending.get(key)
-            if counts is None:
-                self._pending[key] = [a, b, c]
-            else:
-                counts[0] += a
-                counts[1] += b
-                counts[2] += c
-            if self._queued:
-                return
-            self._queued = True
-        self._queue()
-
-    def _queue(self) -> None:
-        try:
-            self.db.writer.submit(self._write).add_done_callback(self._written)
-        except RuntimeError:  # the writer is closing: what it has not committed is not counted either
-            with self._lock:
-                self._queued = False
-
-    def _write(self, conn: sqlite3.Connection) -> None:
-        with self._lock:
-            for key, counts in self._pending.items():
-                held = self._taken.setdefault(key, [0, 0, 0])
-                for i in range(3):
-                    held[i] += counts[i]
-            self._pending = {}
-            rows: dict[str, list[tuple]] = {}
-            for (sql, tenant_id, period), counts in self._taken.items():
-                if any(counts):
-                    rows.setdefault(sql, []).append((tenant_id, period, *counts))
+    def write(self, conn: sqlite3.Connection) -> None:
+        usage, outcomes, taken = self._usage, self._outcomes, self._taken
+        if usage:
+            now = time.time()
+            if now >= self._day_ends:
+                self._day = time.strftime("%Y-%m-%d", time.gmtime(now))
+                self._day_ends = (now // 86400 + 1) * 86400
+            day = self._day
+            for _ in range(len(usage)):  # popleft is atomic: what is appended meanwhile waits for the next one
+                tenant_id, executions, steps, nbytes = usage.popleft()
+                counts = taken.get((UPSERT, tenant_id, day))
+                if counts is None:
+                    taken[(UPSERT, tenant_id, day)] = [executions, steps, nbytes]
+                else:
+                    counts[0] += executions
+                    counts[1] += steps
+                    counts[2] += nbytes
+        for _ in range(len(outcomes)):
+            tenant_id, hour, status, n = outcomes.popleft()
+            taken.setdefault((OUTCOMES_UPSERT, tenant_id, hour), [0, 0, 0])[OUTCOMES.index(status)] += n
+        rows: dict[str, list[tuple]] = {}
+        for (sql, tenant_id, period), counts in taken.items():
+            if any(counts):
+                rows.setdefault(sql, []).append((tenant_id, period, *counts))
         for sql, params in rows.items():
             conn.executemany(sql, params)
 
-    def _written(self, future: Future) -> None:
-        error = future.exception()
-        if error is not None:
-            log.warning("usage counters not written (kept for the next commit): %s", error)
-        with self._lock:
-            if error is None:
-                self._taken = {}
-            again = self._queued = error is None and bool(self._pending)
-        if again:
-            self._queue()
+    def committed(self) -> None:
+        self._taken = {}
 
 
 def period(start: str | None, end: str | None) -> tuple[dt.date, dt.date]:
