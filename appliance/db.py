@@ -386,11 +386,12 @@ class Writer:
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
         try:
-            if not self._transaction(batch, isolate=False):
+            isolated = not self._transaction(batch, isolate=False)
+            if isolated:
                 self._transaction(batch, isolate=True)  # a job failed: redo, each in its own savepoint
             self.commits += 1
             self.writes += len(batch)
-            full = next((job.error for job in batch if isinstance(job.error, DiskFull)), None)
+            full = next((job.error for job in batch if isinstance(job.error, DiskFull)), None) if isolated else None
             if full is not None:
                 self._note_full(full)
             elif self.full is not None and self._has_room():

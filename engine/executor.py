@@ -345,11 +345,14 @@ class Executor:
                 continue
             if node is flow.trigger:
                 inputs = [state.run.trigger_items]
+            elif len(node.inputs) == 1:  # most nodes: no list comprehension (a frame of its own) per step
+                src, out = node.inputs[0]
+                inputs = [state.outputs.get(src, {}).get(out, [])]
             else:
                 inputs = [state.outputs.get(src, {}).get(out, []) for src, out in node.inputs]
-                if not any(inputs):
-                    state.outputs.pop(nid, None)
-                    continue  # a branch that receives no items stops here
+            if not any(inputs):
+                state.outputs.pop(nid, None)
+                continue  # a branch that receives no items stops here
             items = inputs[0] if len(inputs) == 1 else [i for part in inputs for i in part]
             if nid in run.pins:
                 state.outputs[nid] = self._record_given(state, node, scope, "pinned",
@@ -436,10 +439,14 @@ class Executor:
                     ctx = NodeContext(node, items, inputs, state, attempt, key, credential)
                     hook = self.step_hook
                     if hook is None:
-                        outputs = await self._call(state, node, ctx, started)
+                        outputs = self._call(state, node, ctx, started)
+                        if node.spec.is_async:
+                            outputs = await outputs
                     else:
                         with hook(state.run, ctx):
-                            outputs = await self._call(state, node, ctx, started)
+                            outputs = self._call(state, node, ctx, started)
+                            if node.spec.is_async:
+                                outputs = await outputs
                 if isinstance(outputs, Wait):
                     return await self._wait(state, node, items, key, attempt, started, outputs)
                 return self._succeed(state, node, key, attempt, len(items), started, outputs, credential)
@@ -474,12 +481,17 @@ class Executor:
                 return self._succeed(state, node, key, attempt, len(items), started, routed, credential,
                                      error=message)
 
-    async def _call(self, state: _State, node: Node, ctx: NodeContext, now: float) -> Any:
+    def _call(self, state: _State, node: Node, ctx: NodeContext, now: float) -> Any:
+        """Run a node: a plain node's outputs, or for an async node a coroutine to await (a plain
+        node, most steps, then costs no coroutine)."""
         remaining = state.deadline - now
         if remaining <= 0:
             raise _TimedOut(f"the execution timed out after {state.run.flow.timeout_s} s")
         if not node.spec.is_async:
             return node.spec.run(ctx, ctx.items)
+        return self._call_async(state, node, ctx, remaining)
+
+    async def _call_async(self, state: _State, node: Node, ctx: NodeContext, remaining: float) -> Any:
         timeout = node.timeout_s
         limit = min(timeout or math.inf, remaining)
         if limit == math.inf:

@@ -369,8 +369,13 @@ def compile_value(value: Any) -> Compiled:
             return Compiled(value, None)
         # the parts' raw functions, so that one evaluation has one budget and one error handler
         fields = [(k, p._fn, p.source) for k, p in parts.items()]
-        return Compiled(value, lambda scope: {k: fn(scope) if fn else v for k, fn, v in fields},
-                        [p for p in parts.values() if p.is_dynamic])
+
+        def evaluate_dict(scope: Mapping[str, Any]) -> dict[str, Any]:
+            out = {}  # a loop, not a comprehension: one frame less per evaluation
+            for k, fn, v in fields:
+                out[k] = fn(scope) if fn else v
+            return out
+        return Compiled(value, evaluate_dict, [p for p in parts.values() if p.is_dynamic])
     if isinstance(value, list):
         members = [compile_value(v) for v in value]
         if not any(p.is_dynamic for p in members):
