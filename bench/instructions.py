@@ -1,4 +1,5 @@
-"""CPU instructions per synchronous webhook, counted by valgrind: a figure that does not move with the load.
+"""CPU instructions per synchronous webhook and per step of a long flow, counted by valgrind: figures that
+do not move with the load.
 
 Throughput on a shared 2-core VM moves by 20 % from one minute to the next, which hides a regression of
 10 %. Instructions do not: the web application (webhook -> set -> respond, every execution recorded in
@@ -9,8 +10,13 @@ start-up out, and their difference divided by the extra requests is the figure. 
 Caveat: valgrind runs Python some 50 times slower, so work a background thread does once a second (the
 step metrics flush, heartbeats) counts for more requests' worth here than in real time.
 
-`bench/run.py --only instructions` prints it; `python bench/instructions.py DATA_DIR N` is the harness
-that `count` runs under valgrind.
+The second figure is benchmark 2's per step: the worker's engine path (`Runtime.run_queued`, 64 runs at
+a time on one uvloop loop, every step committed, telemetry set up as `flowfuse worker` does) runs the
+100-step flows already queued in a data directory, without Huey; the difference of two runs of different
+numbers of flows, divided by the extra steps, is the figure.
+
+`bench/run.py --only instructions` prints both; `python bench/instructions.py webhooks|steps DATA_DIR N`
+is the harness that `count` runs under valgrind.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "met
          "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
 
 
-def count(data: Path, requests: int) -> int:
-    """Instructions valgrind counted for a whole run of the harness with `requests` webhooks."""
+def count(harness: str, data: Path, n: int) -> int:
+    """Instructions valgrind counted for a whole run of a harness: `n` webhooks, or the `n` queued flows."""
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                          sys.executable, __file__, str(data), str(requests)], capture_output=True, text=True,
+                          sys.executable, __file__, harness, str(data), str(n)], capture_output=True, text=True,
                          cwd=ROOT)
     found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if out.returncode or not found:
@@ -43,7 +49,7 @@ def count(data: Path, requests: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def _harness(data: Path, requests: int) -> None:
+def _webhooks(data: Path, requests: int) -> None:
     sys.path.insert(0, str(ROOT))
     from appliance import logs, telemetry
     from appliance.settings import load
@@ -106,5 +112,41 @@ def _harness(data: Path, requests: int) -> None:
     telemetry.shutdown()
 
 
+def _steps(data: Path, flows: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    import uvloop
+
+    from appliance import logs, telemetry
+    from appliance.runtime import Runtime, tune_gc
+    from appliance.settings import load
+
+    settings = load(env={**os.environ, "FLOWFUSE_STORAGE_DATA_DIR": str(data),
+                         "FLOWFUSE_ENGINE_CHECKPOINT": "every_step"})
+    telemetry.setup(settings, "worker")
+    logs.setup(settings, "worker", stream=io.StringIO())
+    runtime = Runtime(settings, role="worker")
+    queued = [row["id"] for row in runtime.runs_db.query("SELECT id FROM executions WHERE status='queued' ORDER BY id")]
+    if len(queued) != flows:
+        raise SystemExit(f"{len(queued)} flows are queued in {data}, not {flows}")
+
+    async def run() -> None:
+        runtime.use_loop(asyncio.get_running_loop())
+        tune_gc()
+        slots = asyncio.Semaphore(64)  # worker.concurrency, as in benchmark 2
+
+        async def one(execution_id: str) -> None:
+            async with slots:
+                await runtime.run_queued(execution_id)
+
+        await asyncio.gather(*(one(execution_id) for execution_id in queued))
+
+    uvloop.run(run())
+    done = runtime.runs_db.one("SELECT count(*) FROM executions WHERE status='succeeded'")[0]
+    runtime.close()
+    telemetry.shutdown()
+    if done != flows:
+        raise SystemExit(f"{flows - done} of {flows} flows did not succeed")
+
+
 if __name__ == "__main__":
-    _harness(Path(sys.argv[1]), int(sys.argv[2]))
+    {"webhooks": _webhooks, "steps": _steps}[sys.argv[1]](Path(sys.argv[2]), int(sys.argv[3]))

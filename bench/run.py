@@ -198,8 +198,9 @@ def bench_sync_and_memory(base: Path, seconds: int) -> None:
     line("peak under load 1", peak[0], "MB", "<= 300", peak[0] <= 300)
 
 
-def bench_long_flow(base: Path, flows: int, checkpoint: str) -> None:
-    data = prepare(base, "long", long_flow(), activate=False)
+def queued_long_flows(base: Path, name: str, flows: int) -> Path:
+    """A data directory with `flows` runs of the 100-step flow queued (in runs.db, not in Huey's queue)."""
+    data = prepare(base, name, long_flow(), activate=False)
     from appliance.runtime import Runtime
     from appliance.settings import load
 
@@ -209,6 +210,11 @@ def bench_long_flow(base: Path, flows: int, checkpoint: str) -> None:
     for _ in range(flows):
         runtime.queue_execution(flow, "manual", [{"acc": 0}])
     runtime.close()
+    return data
+
+
+def bench_long_flow(base: Path, flows: int, checkpoint: str) -> None:
+    data = queued_long_flows(base, "long", flows)
     env = {"FLOWFUSE_ENGINE_CHECKPOINT": checkpoint, "FLOWFUSE_WORKER_CONCURRENCY": "64"}
     log = (base / "long" / "worker.log").open("w")
     start = time.monotonic()
@@ -481,17 +487,22 @@ def bench_pages(base: Path, requests: int, total: int, flow_count: int = 10_000)
         serve.stop()
 
 
-def bench_instructions(base: Path, short: int = 300, long: int = 1300) -> None:
-    """Benchmark 7 (see bench/instructions.py): two runs over fresh data directories, their difference."""
-    print("7. CPU instructions per synchronous webhook (the web app in process, no uvicorn, under valgrind)")
+def bench_instructions(base: Path) -> None:
+    """Benchmark 7 (see bench/instructions.py): two runs of each harness over fresh data directories,
+    their difference divided by the extra webhooks or steps."""
+    print("7. CPU instructions per synchronous webhook (the web app in process, no uvicorn) and per step of\n"
+          "   benchmark 2's flow (the worker's engine path in process, no Huey), under valgrind")
     if shutil.which("valgrind") is None:
         print("  skipped: valgrind is not installed (apt-get install valgrind)")
         return
     from instructions import count
 
-    per = (count(prepare(base, "instr-long", SYNC_FLOW), long) -
-           count(prepare(base, "instr-short", SYNC_FLOW), short)) / (long - short)
+    per = (count("webhooks", prepare(base, "instr-long", SYNC_FLOW), 1300) -
+           count("webhooks", prepare(base, "instr-short", SYNC_FLOW), 300)) / 1000
     line("instructions per webhook", per, "", "(no target)", True)
+    per = (count("steps", queued_long_flows(base, "instr-steps-long", 364), 364) -
+           count("steps", queued_long_flows(base, "instr-steps-short", 164), 164)) / (200 * 101)
+    line("instructions per step", per, "", "(no target)", True)
 
 
 def main() -> None:
