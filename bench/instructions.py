@@ -4,7 +4,7 @@ do not move with the load.
 Throughput on a shared 2-core VM moves by 20 % from one minute to the next, which hides a regression of
 10 %. Instructions do not: the web application (webhook -> set -> respond, every execution recorded in
 runs.db, telemetry set up as `flowfuse web` does) is called in this process through its ASGI interface,
-without uvicorn or sockets, under `valgrind --tool=cachegrind`; two runs of different lengths cancel
+on uvloop as under `flowfuse web` but without uvicorn or sockets, under `valgrind --tool=cachegrind`; two runs of different lengths cancel
 start-up out, and their difference divided by the extra requests is the figure. It repeats to 0.1 %.
 
 Caveat: valgrind runs Python some 50 times slower, so work a background thread does once a second (the
@@ -27,6 +27,8 @@ import os
 import re
 import subprocess
 import sys
+
+import uvloop
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,14 +110,12 @@ def _webhooks(data: Path, requests: int) -> None:
         if len(statuses) != requests // 50 * 50 or set(statuses) != {200}:
             raise SystemExit(f"webhooks answered {sorted(set(statuses))}")
 
-    asyncio.run(run())
+    uvloop.run(run())  # the loop `flowfuse web` runs on
     telemetry.shutdown()
 
 
 def _steps(data: Path, flows: int) -> None:
     sys.path.insert(0, str(ROOT))
-    import uvloop
-
     from appliance import logs, telemetry
     from appliance.runtime import Runtime, tune_gc
     from appliance.settings import load
