@@ -427,3 +427,36 @@ def test_a_long_wait_parks_and_continues_once_due(peer):
     final, _ = execute(Run(run.ref, run.flow, run.trigger_items, run.started_at, steps=due))
     assert final.status == SUCCEEDED
     assert peer.counts["/after"] == 1
+
+
+# -- what a node returns ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("returned, message", [
+    ([{"a": 1}, 7], "produced an item that is not an object: '7'"),
+    ({"main": {"a": 1}}, "returned dict; expected a list of items"),
+    ("text", "returned str; expected a list of items"),
+    ([{"when": object()}], "produced a value that is not JSON"),
+])
+def test_a_node_that_returns_something_other_than_items_fails_its_step_saying_what(returned, message):
+    from engine import NodeType
+    registry = default_registry()
+    registry.add(NodeType("odd", lambda ctx, items: returned))
+    run = Run(ExecutionRef("exec-1", "tenant"), compile_flow(flow_of({"id": "odd", "type": "odd"}), registry), [{}],
+              time.time())
+    outcome, store = execute(run)
+    assert outcome.status == FAILED and outcome.error["node"] == "odd"
+    assert message in outcome.error["message"], outcome.error
+    assert attempts(store, "odd") == [(1, FAILED)]
+
+
+def test_a_node_may_return_items_or_items_per_output_and_later_nodes_see_them_as_json():
+    from engine import NodeType
+    registry = default_registry()
+    registry.add(NodeType("two", lambda ctx, items: {"main": [{"n": 1, "t": (1, 2)}], "other": []},
+                          outputs=("main", "other")))
+    doc = flow_of({"id": "two", "type": "two"}, {"id": "after", "type": "set",
+                                                  "params": {"fields": {"k": "{{ json.t }}"}}})
+    outcome, _ = execute(Run(ExecutionRef("exec-1", "tenant"), compile_flow(doc, registry), [{}], time.time()))
+    assert outcome.status == SUCCEEDED
+    assert outcome.output == [{"n": 1, "t": [1, 2], "k": [1, 2]}]  # the tuple became a JSON array, as on replay
