@@ -14,11 +14,11 @@ Every template is compiled once (per flow version) and the compiled value is reu
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import math
 import re
 import string
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,18 +66,27 @@ def _weight(value: Any, limit: int = MAX_TOTAL) -> int:
     return total
 
 
-#: Elements built so far by the evaluation running in this context (None outside an evaluation).
-_spent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("expression_spent", default=None)
+class _Budget(threading.local):
+    """What the evaluation running on this thread has built so far (`spent`: None outside one).
+
+    Thread-local rather than a ContextVar: an evaluation never awaits, so nothing else runs on its
+    thread until it ends, and setting a ContextVar and resetting it cost a fifth of a set node's
+    step (about 0.9 us of 4.4)."""
+
+    spent: int | None = None
+
+
+_budget = _Budget()
 
 
 def _charge(value: Any) -> Any:
     """Count what an operator, call or filter returned against the evaluation's MAX_TOTAL."""
     n = _size(value)
     if n:
-        spent = _spent.get()
+        spent = _budget.spent
         if spent is not None:
-            spent[0] += n
-            if spent[0] > MAX_TOTAL:
+            _budget.spent = spent = spent + n
+            if spent > MAX_TOTAL:
                 raise SecurityError(f"the expression builds more than {MAX_TOTAL} elements in all")
     return value
 
@@ -275,7 +284,7 @@ class Compiled:
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         if self._fn is None:
             return self.source
-        token = _spent.set([0])
+        outer, _budget.spent = _budget.spent, 0  # (saved: a failure evaluates each part alone, nested)
         try:
             return self._fn(scope)
         except Exception as exc:
@@ -283,7 +292,7 @@ class Compiled:
                 part.evaluate(scope)
             raise _explain(exc, self.source) from None
         finally:
-            _spent.reset(token)
+            _budget.spent = outer
 
 
 def _explain(exc: BaseException, source: Any) -> ExpressionError:
