@@ -15,8 +15,12 @@ a time on one uvloop loop, every step committed, telemetry set up as `flowfuse w
 100-step flows already queued in a data directory, without Huey; the difference of two runs of different
 numbers of flows, divided by the extra steps, is the figure.
 
-`bench/run.py --only instructions` prints both; `python bench/instructions.py webhooks|steps DATA_DIR N`
-is the harness that `count` runs under valgrind.
+The third splits that figure: the same step rows (one per commit, 64 runs at a time) go through
+`RunStore.commit` with no engine, so it is what the store costs (the commit path, the group commit and
+SQLite); the rest of the second figure is the engine's.
+
+`bench/run.py --only instructions` prints all three; `python bench/instructions.py webhooks|steps|store
+DATA_DIR N` is the harness that `count` runs under valgrind.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import os
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import uvloop
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"amount": 21, "customer": "c-1"}'
@@ -114,10 +119,12 @@ def _webhooks(data: Path, requests: int) -> None:
     telemetry.shutdown()
 
 
-def _steps(data: Path, flows: int) -> None:
+def _worker(data: Path, flows: int):
+    """A worker's Runtime over `data` (telemetry and logs as `flowfuse worker` sets them up) and the ids
+    of the `flows` executions queued there."""
     sys.path.insert(0, str(ROOT))
     from appliance import logs, telemetry
-    from appliance.runtime import Runtime, tune_gc
+    from appliance.runtime import Runtime
     from appliance.settings import load
 
     settings = load(env={**os.environ, "FLOWFUSE_STORAGE_DATA_DIR": str(data),
@@ -125,28 +132,68 @@ def _steps(data: Path, flows: int) -> None:
     telemetry.setup(settings, "worker")
     logs.setup(settings, "worker", stream=io.StringIO())
     runtime = Runtime(settings, role="worker")
-    queued = [row["id"] for row in runtime.runs_db.query("SELECT id FROM executions WHERE status='queued' ORDER BY id")]
+    queued = runtime.runs_db.query("SELECT id, tenant_id FROM executions WHERE status='queued' ORDER BY id")
     if len(queued) != flows:
         raise SystemExit(f"{len(queued)} flows are queued in {data}, not {flows}")
+    return runtime, queued
+
+
+def _each_at_64(runtime, queued, fn) -> None:
+    """`await fn(row)` for every queued row, 64 at a time (worker.concurrency, as in benchmark 2), on uvloop."""
+    from appliance.runtime import tune_gc
 
     async def run() -> None:
         runtime.use_loop(asyncio.get_running_loop())
         tune_gc()
-        slots = asyncio.Semaphore(64)  # worker.concurrency, as in benchmark 2
+        slots = asyncio.Semaphore(64)
 
-        async def one(execution_id: str) -> None:
+        async def one(row) -> None:
             async with slots:
-                await runtime.run_queued(execution_id)
+                await fn(row)
 
-        await asyncio.gather(*(one(execution_id) for execution_id in queued))
+        await asyncio.gather(*(one(row) for row in queued))
 
     uvloop.run(run())
+
+
+def _steps(data: Path, flows: int) -> None:
+    runtime, queued = _worker(data, flows)
+    _each_at_64(runtime, queued, lambda row: runtime.run_queued(row["id"]))
     done = runtime.runs_db.one("SELECT count(*) FROM executions WHERE status='succeeded'")[0]
-    runtime.close()
-    telemetry.shutdown()
+    _close(runtime)
     if done != flows:
         raise SystemExit(f"{flows - done} of {flows} flows did not succeed")
 
 
+def _store(data: Path, flows: int) -> None:
+    """The step rows of `_steps`, committed one per commit as the engine does, without the engine."""
+    import msgspec
+
+    from engine import SUCCEEDED, ExecutionRef, StepRecord
+
+    runtime, queued = _worker(data, flows)
+    output = msgspec.json.encode({"main": [{"acc": 1, "step": 0}]})
+
+    async def run(row) -> None:
+        ref = ExecutionRef(row["id"], row["tenant_id"])
+        for seq in range(101):  # the trigger and 100 set nodes
+            now = time.time()
+            step = StepRecord(f"s{seq}", f"s{seq}", 1, SUCCEEDED, 1, now, now, outputs_json=output, seq=seq)
+            await runtime.runs.commit(ref, [step], None)
+
+    _each_at_64(runtime, queued, run)
+    stored = runtime.runs_db.one("SELECT count(*) FROM steps")[0]
+    _close(runtime)
+    if stored != flows * 101:
+        raise SystemExit(f"{stored} steps were stored, not {flows * 101}")
+
+
+def _close(runtime) -> None:
+    from appliance import telemetry
+
+    runtime.close()
+    telemetry.shutdown()
+
+
 if __name__ == "__main__":
-    {"webhooks": _webhooks, "steps": _steps}[sys.argv[1]](Path(sys.argv[2]), int(sys.argv[3]))
+    {"webhooks": _webhooks, "steps": _steps, "store": _store}[sys.argv[1]](Path(sys.argv[2]), int(sys.argv[3]))

@@ -491,7 +491,8 @@ def bench_instructions(base: Path) -> None:
     """Benchmark 7 (see bench/instructions.py): two runs of each harness over fresh data directories,
     their difference divided by the extra webhooks or steps."""
     print("7. CPU instructions per synchronous webhook (the web app in process, no uvicorn) and per step of\n"
-          "   benchmark 2's flow (the worker's engine path in process, no Huey), under valgrind")
+          "   benchmark 2's flow (the worker's engine path in process, no Huey; then its rows alone through\n"
+          "   RunStore.commit), under valgrind")
     if shutil.which("valgrind") is None:
         print("  skipped: valgrind is not installed (apt-get install valgrind)")
         return
@@ -503,6 +504,9 @@ def bench_instructions(base: Path) -> None:
     per = (count("steps", queued_long_flows(base, "instr-steps-long", 364), 364) -
            count("steps", queued_long_flows(base, "instr-steps-short", 164), 164)) / (200 * 101)
     line("instructions per step", per, "", "(no target)", True)
+    store = (count("store", queued_long_flows(base, "instr-store-long", 364), 364) -
+             count("store", queued_long_flows(base, "instr-store-short", 164), 164)) / (200 * 101)
+    line("  of which the store (the same rows, no engine)", store, "", "(no target)", True)
 
 
 def main() -> None:
