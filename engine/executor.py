@@ -344,15 +344,16 @@ class Executor:
                 state.outputs[nid] = self._record_given(state, node, scope, origin, outputs, count)
                 continue
             if node is flow.trigger:
-                inputs = [state.run.trigger_items]
-            elif len(node.inputs) == 1:  # most nodes: no list comprehension (a frame of its own) per step
-                src, out = node.inputs[0]
-                inputs = [state.outputs.get(src, {}).get(out, [])]
+                inputs = [state.run.trigger_items]  # runs (and is recorded) even when it got no items
             else:
-                inputs = [state.outputs.get(src, {}).get(out, []) for src, out in node.inputs]
-            if not any(inputs):
-                state.outputs.pop(nid, None)
-                continue  # a branch that receives no items stops here
+                if len(node.inputs) == 1:  # most nodes: no list comprehension (a frame of its own) per step
+                    src, out = node.inputs[0]
+                    inputs = [state.outputs.get(src, {}).get(out, [])]
+                else:
+                    inputs = [state.outputs.get(src, {}).get(out, []) for src, out in node.inputs]
+                if not any(inputs):
+                    state.outputs.pop(nid, None)
+                    continue  # a branch that receives no items stops here
             items = inputs[0] if len(inputs) == 1 else [i for part in inputs for i in part]
             if nid in run.pins:
                 state.outputs[nid] = self._record_given(state, node, scope, "pinned",

@@ -460,3 +460,11 @@ def test_a_node_may_return_items_or_items_per_output_and_later_nodes_see_them_as
     outcome, _ = execute(Run(ExecutionRef("exec-1", "tenant"), compile_flow(doc, registry), [{}], time.time()))
     assert outcome.status == SUCCEEDED
     assert outcome.output == [{"n": 1, "t": [1, 2], "k": [1, 2]}]  # the tuple became a JSON array, as on replay
+
+
+def test_a_trigger_that_receives_no_items_is_recorded_and_the_branch_stops_after_it():
+    doc = flow_of({"id": "tag", "type": "set", "params": {"fields": {"a": 1}}})
+    outcome, store = execute(doc, items=[])
+    assert outcome.status == SUCCEEDED
+    assert [(s.node, s.input_count) for s in store.steps["exec-1"]] == [("start", 0)]
+    assert outcome.output == []
